@@ -1,0 +1,192 @@
+"""The ports the services and workers depend on: a container runtime and an object store."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO, Literal, Protocol
+
+LogStream = Literal["stdout", "stderr"]
+
+
+# --------------------------------------------------------------------------- errors
+class AdapterError(Exception):
+    """Base of every error an adapter raises; vendor exceptions never leak past an adapter."""
+
+
+class RuntimeUnavailable(AdapterError):
+    """The container engine cannot be reached."""
+
+
+class ImageNotFound(AdapterError):
+    """An image reference does not exist on the engine (and nothing was pulled)."""
+
+
+class ImageBuildFailed(AdapterError):
+    """An image build failed; `log` holds the build output."""
+
+    def __init__(self, message: str, log: str) -> None:
+        super().__init__(message)
+        self.log = log
+
+
+class ContainerNotFound(AdapterError):
+    """A container id is unknown to the engine."""
+
+
+class ContainerError(AdapterError):
+    """Any other engine-side failure on a container operation."""
+
+
+class ObjectStoreError(AdapterError):
+    """Any object-store failure not covered by a more precise subclass."""
+
+
+class BucketNotFound(ObjectStoreError):
+    """The bucket does not exist."""
+
+
+class ObjectNotFound(ObjectStoreError):
+    """The key does not exist."""
+
+
+# --------------------------------------------------------------------------- values
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    id: str
+    tags: list[str]
+    size: int
+    labels: dict[str, str]
+    created: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    image_id: str
+    log: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    """Everything needed to create one job container; the adapter maps it to the engine's API."""
+
+    image: str
+    command: list[str]
+    env: dict[str, str]
+    labels: dict[str, str]
+    user: str = "65534:65534"
+    working_dir: str = "/workspace"
+    nano_cpus: int = 1_000_000_000
+    memory_bytes: int = 256 * 1024 * 1024
+    pids_limit: int = 256
+    network_enabled: bool = False
+    log_max_bytes: int = 1024 * 1024
+    workspace: str = "/workspace"  # anonymous volume mounted here
+    tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "rw,nosuid,nodev,size=64m"})
+    read_only_root: bool = True
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerState:
+    id: str
+    status: str  # created | running | paused | restarting | removing | exited | dead
+    running: bool
+    exit_code: int | None
+    oom_killed: bool
+    started_at: datetime | None
+    finished_at: datetime | None
+    labels: dict[str, str]
+    image_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerEvent:
+    action: str  # die | oom | start | ...
+    container_id: str
+    exit_code: int | None
+    labels: dict[str, str]
+    time_nano: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSample:
+    """One sample of Docker's stats stream (the fallback when the in-container sampler is absent)."""
+
+    cpu_total_ns: int
+    memory_bytes: int
+    read_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    key: str  # the full key in the bucket
+    size: int
+
+
+# --------------------------------------------------------------------------- ports
+class ContainerRuntime(Protocol):
+    """What the executor, watcher, reconciler and janitor need from a container engine."""
+
+    async def ping(self) -> None: ...
+
+    async def image_info(self, ref: str) -> ImageInfo | None: ...
+
+    async def build_image(
+        self, context_tar: BinaryIO, *, tag: str, labels: dict[str, str], buildargs: dict[str, str]
+    ) -> BuildResult: ...
+
+    async def list_images(self, label: str) -> list[ImageInfo]: ...
+
+    async def remove_image(self, ref: str) -> None: ...
+
+    async def prune_dangling_images(self) -> int: ...
+
+    async def create_container(self, spec: ContainerSpec) -> str: ...
+
+    async def put_archive(self, container_id: str, path: str, tar: BinaryIO) -> None: ...
+
+    async def start(self, container_id: str) -> None: ...
+
+    async def wait(self, container_id: str) -> ContainerState: ...
+
+    async def inspect(self, container_id: str) -> ContainerState | None: ...
+
+    async def kill(self, container_id: str, signal: str = "SIGKILL") -> None: ...
+
+    async def remove(self, container_id: str) -> None: ...
+
+    async def list_containers(self, labels: dict[str, str]) -> list[ContainerState]: ...
+
+    def stream_logs(self, container_id: str, stream: LogStream) -> AsyncIterator[bytes]: ...
+
+    def stream_archive(self, container_id: str, path: str) -> AsyncIterator[bytes]: ...
+
+    def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]: ...
+
+    def stats(self, container_id: str) -> AsyncIterator[StatsSample]: ...
+
+    async def close(self) -> None: ...
+
+
+class ObjectStore(Protocol):
+    """A bucket/key store: S3 or a local directory with one folder per bucket."""
+
+    async def bucket_exists(self, bucket: str) -> bool: ...
+
+    def list_objects(self, bucket: str, prefix: str) -> AsyncIterator[ObjectInfo]: ...
+
+    async def download_fileobj(self, bucket: str, key: str, fileobj: BinaryIO) -> int: ...
+
+    async def upload_fileobj(
+        self, bucket: str, key: str, fileobj: BinaryIO, *, content_type: str | None = None
+    ) -> int: ...
+
+    async def put_bytes(
+        self, bucket: str, key: str, data: bytes, *, content_type: str | None = None
+    ) -> None: ...
+
+    async def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes: ...
+
+    async def close(self) -> None: ...

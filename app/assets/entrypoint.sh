@@ -1,0 +1,211 @@
+#!/bin/sh
+# In-container wrapper: runs the job's command with capped, byte-exact logs and cgroup metrics.
+#
+# Started as `/bin/sh /workspace/.taskdeploy/entrypoint.sh`; everything it reads and writes lives
+# next to it and the command runs from the folder above (the workspace):
+#   command.sh                   the user's command, run as `/bin/sh command.sh`, stdin /dev/null
+#   stdout.log, stderr.log       the first TASKDEPLOY_LOG_LIMIT bytes of each stream
+#   stdout.total, stderr.total   every byte each stream produced, as one decimal number
+#   metrics.tsv                  `start T`, `s T CPU_NS MEM`, `f T CPU_NS PEAK`, `exit CODE`,
+#                                or `nocgroup` instead of s/f (parsed by app/services/metrics.py)
+# The `exit` line is written last: when it is present, every other file is complete.
+#
+# Portable to busybox ash, dash and bash: shell builtins plus sleep, head, wc, tee, cat, mkfifo, rm.
+# Every variable is prefixed td_ because assigning to a name the job's environment exported
+# would change what the command sees. Redirections that may fail stay on simple commands
+# (`read`, `printf`): POSIX lets a shell exit on a failed redirection of a compound command.
+
+cd "${0%/*}" || exit 125
+td_dir=$PWD
+cd .. || exit 125
+
+# A malformed setting falls back to the default instead of breaking the run.
+td_limit=${TASKDEPLOY_LOG_LIMIT:-10485760}
+case $td_limit in '' | *[!0-9]*) td_limit=10485760 ;; esac
+td_interval=${TASKDEPLOY_METRICS_INTERVAL:-1}
+case $td_interval in '' | . | *[!0-9.]* | *.*.*) td_interval=1 ;; esac
+case $td_interval in *[1-9]*) ;; *) td_interval=0 ;; esac
+# Test hook: lets a test point the sampler at a fake cgroup tree.
+td_cg=${TASKDEPLOY_CGROUP_ROOT:-/sys/fs/cgroup}
+td_metrics=$td_dir/metrics.tsv
+
+# --------------------------------------------------------------------------- cgroup counters
+# Every read below is a builtin on a simple command: sampling forks nothing but `sleep`.
+if [ -f "$td_cg/cgroup.controllers" ]; then
+    td_cgv=2
+    td_cpu_file=$td_cg/cpu.stat
+    td_mem_file=$td_cg/memory.current
+    td_peak_file=$td_cg/memory.peak
+else
+    td_cgv=1
+    td_cpu_file=$td_cg/cpuacct/cpuacct.usage
+    # Some hosts mount cpu and cpuacct as one folder.
+    [ -r "$td_cpu_file" ] || td_cpu_file=$td_cg/cpu,cpuacct/cpuacct.usage
+    td_mem_file=$td_cg/memory/memory.usage_in_bytes
+    td_peak_file=$td_cg/memory/memory.max_usage_in_bytes
+fi
+
+# Sets td_now to the first field of /proc/uptime (10 ms resolution; busybox date has no %N).
+read_clock() {
+    td_now=
+    read -r td_now _ </proc/uptime
+}
+
+# Sets td_cpu (ns) and td_mem (bytes); fails when either is unreadable or not a number.
+read_counters() {
+    td_cpu=
+    td_mem=
+    if [ "$td_cgv" = 2 ]; then
+        # cpu.stat has several lines, hence a loop; its input must exist or some shells exit.
+        [ -r "$td_cpu_file" ] || return 1
+        while read -r td_key td_value; do
+            if [ "$td_key" = usage_usec ]; then
+                td_cpu=${td_value}000
+                break
+            fi
+        done <"$td_cpu_file"
+    else
+        read -r td_cpu <"$td_cpu_file"
+    fi
+    read -r td_mem <"$td_mem_file"
+    case $td_cpu$td_mem in *[!0-9]*) return 1 ;; esac
+    [ -n "$td_cpu" ] && [ -n "$td_mem" ]
+}
+
+# Sets td_peak; where the kernel keeps no peak (cgroup v2 before Linux 5.19) the current usage
+# stands in, and the parser takes the larger of it and every sample.
+read_peak() {
+    td_peak=
+    read -r td_peak <"$td_peak_file"
+    case $td_peak in '' | *[!0-9]*) td_peak=$td_mem ;; esac
+}
+
+write_sample() {
+    read_clock
+    if read_counters; then
+        printf 's %s %s %s\n' "$td_now" "$td_cpu" "$td_mem" >>"$td_metrics"
+    fi
+}
+
+# Runs in the background; TERM ends it at once, taking its pending `sleep` along.
+sample_loop() {
+    # $! names the sleep as soon as it is started, before the trap can run; a variable set on
+    # the next line could still be stale.
+    trap 'kill "$!" 2>/dev/null; exit 0' TERM
+    while :; do
+        sleep "$td_interval" &
+        wait "$!"
+        write_sample 2>/dev/null
+    done
+}
+
+# --------------------------------------------------------------------------- stray processes
+# Sets td_state, td_parent and td_session from /proc/PID/stat. The name field may hold spaces
+# and parentheses, so the fields are taken after its last ") ".
+read_stat() {
+    td_line=
+    { read -r td_line <"/proc/$1/stat"; } 2>/dev/null
+    [ -n "$td_line" ] || return 1
+    # shellcheck disable=SC2086 # split on purpose: the fields are numbers and one letter
+    set -- ${td_line##*") "}
+    td_state=$1
+    td_parent=$2
+    td_session=$4
+}
+
+# Kills what the command left running in the background: such a process may hold a log pipe
+# open, and the readers would wait for it forever. Docker kills it anyway once the main process
+# exits, so nothing is lost that a plain container would keep. Only orphans (parent PID 1) of
+# our own session count, and only when this script is the container's main process, so running
+# the script by hand on a host cannot touch anything else.
+kill_strays() {
+    [ "$$" = 1 ] || [ "$PPID" = 1 ] || return 0
+    read_stat "$$" || return 0
+    td_own_session=$td_session
+    # Each pass kills one generation: the children of a killed process are orphans in the next.
+    td_pass=0
+    while [ "$td_pass" -lt 50 ]; do
+        td_pass=$((td_pass + 1))
+        td_killed=0
+        for td_proc in /proc/[0-9]*; do
+            td_pid=${td_proc#/proc/}
+            case " 1 $$ $td_keep " in *" $td_pid "*) continue ;; esac
+            read_stat "$td_pid" || continue
+            if [ "$td_parent" = 1 ] && [ "$td_session" = "$td_own_session" ] &&
+                [ "$td_state" != Z ] && kill -9 "$td_pid" 2>/dev/null; then
+                td_killed=1
+            fi
+        done
+        [ "$td_killed" = 1 ] || return 0
+    done
+}
+
+# --------------------------------------------------------------------------- run
+read_clock
+printf 'start %s\n' "$td_now" >"$td_metrics" || exit 125
+
+td_sampler=
+if read_counters 2>/dev/null; then
+    td_have_cgroup=1
+    if [ "$td_interval" != 0 ]; then
+        printf 's %s %s %s\n' "$td_now" "$td_cpu" "$td_mem" >>"$td_metrics"
+        # Started before any other background job, so the loop never sees a foreign $!.
+        sample_loop </dev/null &
+        td_sampler=$!
+    fi
+else
+    td_have_cgroup=0
+    printf 'nocgroup\n' >>"$td_metrics"
+fi
+
+# Each stream goes: command -> NAME.fifo -> tee -> wc (counts every byte)
+#                                             \-> NAME.copy -> head (keeps the first bytes), cat
+# A single `{ head -c N; wc -c; } <fifo` would miscount: busybox head reads ahead through stdio
+# and the bytes it buffered past N are lost. The `cat` drains the copy so tee never blocks.
+# The pipes live on the workspace volume because /tmp may be a tiny tmpfs.
+td_readers=
+for td_stream in stdout stderr; do
+    rm -f "$td_dir/$td_stream.fifo" "$td_dir/$td_stream.copy"
+    if ! mkfifo "$td_dir/$td_stream.fifo" "$td_dir/$td_stream.copy"; then
+        echo "taskdeploy entrypoint: cannot create pipes in $td_dir" >&2
+        [ -z "$td_sampler" ] || kill "$td_sampler"
+        exit 125
+    fi
+    { tee "$td_dir/$td_stream.copy" | wc -c >"$td_dir/$td_stream.total"; } <"$td_dir/$td_stream.fifo" &
+    td_readers="$td_readers $!"
+    { head -c "$td_limit" >"$td_dir/$td_stream.log"; cat >/dev/null; } <"$td_dir/$td_stream.copy" &
+    td_readers="$td_readers $!"
+done
+td_keep="$td_sampler $td_readers"
+
+/bin/sh "$td_dir/command.sh" </dev/null >"$td_dir/stdout.fifo" 2>"$td_dir/stderr.fifo"
+td_code=$?
+
+if [ -n "$td_sampler" ]; then
+    kill "$td_sampler" 2>/dev/null
+    wait "$td_sampler"
+fi
+kill_strays
+# shellcheck disable=SC2086 # a list of PIDs
+wait $td_readers
+rm -f "$td_dir/stdout.fifo" "$td_dir/stdout.copy" "$td_dir/stderr.fifo" "$td_dir/stderr.copy"
+
+# wc may pad its number (read strips the blanks); store it bare.
+for td_stream in stdout stderr; do
+    td_total=
+    read -r td_total 2>/dev/null <"$td_dir/$td_stream.total"
+    case $td_total in
+        '' | *[!0-9]*) rm -f "$td_dir/$td_stream.total" ;;
+        *) printf '%s\n' "$td_total" >"$td_dir/$td_stream.total" ;;
+    esac
+done
+
+if [ "$td_have_cgroup" = 1 ]; then
+    read_clock
+    if read_counters 2>/dev/null; then
+        read_peak 2>/dev/null
+        printf 'f %s %s %s\n' "$td_now" "$td_cpu" "$td_peak" >>"$td_metrics"
+    fi
+fi
+printf 'exit %s\n' "$td_code" >>"$td_metrics"
+exit "$td_code"

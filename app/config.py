@@ -1,0 +1,116 @@
+"""Service settings, read once from TASKDEPLOY_* environment variables (and an optional .env)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def _host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover - non-POSIX
+        return 4 * 1024 * MiB
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Only `app.main` reads it; adapters get explicit arguments."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TASKDEPLOY_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # --- serving
+    host: str = "127.0.0.1"
+    port: int = 8000
+    instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    data_dir: Path = Path(".taskdeploy")
+
+    # --- storage
+    database_url: str = ""  # empty: SQLite under data_dir
+    object_store: str = "auto"  # auto | s3 | local
+    local_store_dir: Path | None = None  # default: <data_dir>/objects
+    s3_region: str | None = None
+    s3_max_concurrency: int = Field(default=4, ge=1, le=64)
+
+    # --- docker and images
+    docker_url: str | None = None
+    default_image: str = "debian:bookworm-slim"
+    allowed_images: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    env_template_version: str = "1"
+    image_cache_max_count: int = Field(default=20, ge=1)
+    image_cache_max_bytes: int = Field(default=20 * 1024 * MiB, ge=1)
+    build_timeout_seconds: float = Field(default=900, gt=0)
+
+    # --- run limits and defaults
+    max_concurrent_runs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    default_cpus: float = Field(default=1.0, gt=0)
+    default_memory_mb: int = Field(default=512, ge=6)
+    max_cpus: float = Field(default_factory=lambda: float(os.cpu_count() or 1), gt=0)
+    max_memory_mb: int = Field(default_factory=lambda: _host_memory_bytes() // MiB, ge=6)
+    default_timeout_seconds: int = Field(default=3600, ge=1)
+    max_timeout_seconds: int = Field(default=24 * 3600, ge=1)
+    pids_limit: int = Field(default=512, ge=16)
+    tmp_size_mb: int = Field(default=256, ge=1)
+    allow_network: bool = False
+    metrics_interval_seconds: float = Field(default=1.0, ge=0.1, le=60)
+    log_limit_bytes: int = Field(default=10 * MiB, ge=1024)
+    max_command_bytes: int = Field(default=64 * 1024, ge=1)
+    max_input_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
+    max_input_files: int = Field(default=100_000, ge=1)
+    max_output_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
+    max_output_files: int = Field(default=10_000, ge=1)
+    spool_memory_bytes: int = Field(default=8 * MiB, ge=0)
+
+    # --- workers
+    dispatch_interval_seconds: float = Field(default=2.0, gt=0)
+    janitor_interval_seconds: float = Field(default=60.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    migrate_on_start: bool = True
+    workers_enabled: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("allowed_images", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.object_store not in {"auto", "s3", "local"}:
+            raise ValueError("TASKDEPLOY_OBJECT_STORE must be auto, s3 or local")
+        if self.default_timeout_seconds > self.max_timeout_seconds:
+            raise ValueError(
+                "TASKDEPLOY_DEFAULT_TIMEOUT_SECONDS exceeds TASKDEPLOY_MAX_TIMEOUT_SECONDS"
+            )
+        return self
+
+    @property
+    def image_allow_list(self) -> list[str]:
+        return self.allowed_images or [self.default_image]
+
+    @property
+    def effective_database_url(self) -> str:
+        return (
+            self.database_url
+            or f"sqlite+aiosqlite:///{(self.data_dir / 'taskdeploy.db').resolve()}"
+        )
+
+    @property
+    def uses_s3(self) -> bool:
+        if self.object_store == "auto":
+            return bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"))
+        return self.object_store == "s3"
+
+    @property
+    def effective_local_store_dir(self) -> Path:
+        return self.local_store_dir or self.data_dir / "objects"

@@ -1,0 +1,123 @@
+"""Errors a client can act on, and the handlers that render every error in one JSON shape."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.schemas import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+
+class AppError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidRequest(AppError):
+    status_code = 422
+    code = "validation_error"
+
+
+class NotFound(AppError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(AppError):
+    status_code = 409
+    code = "conflict"
+
+
+class Forbidden(AppError):
+    status_code = 403
+    code = "forbidden"
+
+
+class ServiceUnavailable(AppError):
+    status_code = 503
+    code = "unavailable"
+
+
+def error_body(
+    code: str, message: str, field: str | None = None, details: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": code, "message": message, "field": field}
+    if details is not None:
+        body["details"] = details
+    return {"error": body}
+
+
+def _loc_to_field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in {"body", "query", "path", "header"}:
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _clean_message(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
+
+
+async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"field": _loc_to_field(err.get("loc", ())), "message": _clean_message(str(err.get("msg")))}
+        for err in exc.errors()
+    ]
+    first = details[0] if details else {"field": "body", "message": "invalid request"}
+    message = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
+    return JSONResponse(
+        status_code=422,
+        content=error_body("validation_error", message, str(first["field"]), details),
+    )
+
+
+async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, AppError)
+    return JSONResponse(
+        status_code=exc.status_code, content=error_body(exc.code, exc.message, exc.field)
+    )
+
+
+async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse(
+        status_code=exc.status_code,
+        content=error_body(code, str(exc.detail)),
+        headers=getattr(exc, "headers", None),
+    )
+
+
+async def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return JSONResponse(status_code=500, content=error_body("internal", "internal server error"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_handler)
+    app.add_exception_handler(AppError, _app_error_handler)
+    app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(Exception, _unexpected_handler)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": desc}
+    for code, desc in {
+        404: "Not found",
+        409: "Conflict with the resource's current state",
+        422: "Invalid request; `field` names the first field at fault",
+    }.items()
+}

@@ -1,0 +1,226 @@
+"""Builds the app: settings → engine → adapters → services → workers, torn down in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app import migrate
+from app.adapters.docker import DockerRuntime
+from app.adapters.localfs import LocalObjectStore
+from app.adapters.ports import AdapterError, ContainerRuntime, ObjectStore
+from app.adapters.s3 import S3ObjectStore
+from app.config import Settings
+from app.db import create_engine, create_sessionmaker
+from app.errors import install_error_handlers
+from app.routers import health, runs
+from app.services.environments import EnvironmentImages
+from app.services.results import RunResults
+from app.services.runs import RunLimits
+from app.workers.base import LoopService
+from app.workers.dispatcher import Dispatcher
+from app.workers.executor import ExecutorConfig, RunExecutor
+from app.workers.janitor import Janitor
+from app.workers.reconciler import Reconciler
+from app.workers.watcher import ContainerWatcher
+
+log = logging.getLogger("taskdeploy")
+
+
+@dataclass
+class AppContext:
+    """Everything the routers and workers share, built once per process by the lifespan."""
+
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    runtime: ContainerRuntime
+    store: ObjectStore
+    run_limits: RunLimits
+    results: RunResults
+    environments: EnvironmentImages
+    dispatcher: Dispatcher
+    watcher: ContainerWatcher
+    janitor: Janitor
+    loops: list[LoopService] = field(default_factory=list)
+
+    def wake_dispatcher(self) -> None:
+        self.dispatcher.wake()
+
+    def cancel_run(self, run_id: str) -> None:
+        self.dispatcher.cancel(run_id)
+
+    async def readiness(self) -> dict[str, str]:
+        checks: dict[str, str] = {}
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            await asyncio.wait_for(self.runtime.ping(), 5)
+            checks["docker"] = "ok"
+        except (AdapterError, TimeoutError) as exc:
+            checks["docker"] = f"error: {exc}"
+        now = time.monotonic()
+        for loop in self.loops:
+            stale = loop.last_tick is None or now - loop.last_tick > max(60.0, 3 * loop.interval)
+            checks[f"worker:{loop.name}"] = "ok" if not stale or loop is self.watcher else "stale"
+        return checks
+
+
+def run_limits(settings: Settings) -> RunLimits:
+    return RunLimits(
+        allowed_images=tuple(settings.image_allow_list),
+        default_image=settings.default_image,
+        default_cpus=min(settings.default_cpus, settings.max_cpus),
+        default_memory_mb=settings.default_memory_mb,
+        max_cpus=settings.max_cpus,
+        max_memory_mb=settings.max_memory_mb,
+        default_timeout_seconds=settings.default_timeout_seconds,
+        max_timeout_seconds=settings.max_timeout_seconds,
+        max_command_bytes=settings.max_command_bytes,
+        allow_network=settings.allow_network,
+    )
+
+
+async def _open_store(settings: Settings, stack: AsyncExitStack) -> ObjectStore:
+    if settings.uses_s3:
+        s3 = S3ObjectStore(
+            endpoint_url=None,
+            region=settings.s3_region,
+            max_concurrency=settings.s3_max_concurrency,
+        )
+        await s3.start()
+        stack.push_async_callback(s3.close)
+        return s3
+    root = settings.effective_local_store_dir
+    root.mkdir(parents=True, exist_ok=True)
+    return LocalObjectStore(root)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        if settings.migrate_on_start:
+            await asyncio.to_thread(migrate.upgrade, settings.effective_database_url)
+        engine = create_engine(settings.effective_database_url)
+        stack.push_async_callback(engine.dispose)
+        sessionmaker = create_sessionmaker(engine)
+        runtime = DockerRuntime(settings.docker_url)
+        stack.push_async_callback(runtime.close)
+        store = await _open_store(settings, stack)
+
+        environments = EnvironmentImages(
+            runtime,
+            sessionmaker,
+            template_version=settings.env_template_version,
+            build_timeout=settings.build_timeout_seconds,
+        )
+        watcher = ContainerWatcher(
+            runtime, {"taskdeploy.managed": "true", "taskdeploy.instance": settings.instance_id}
+        )
+        janitor = Janitor(
+            environments,
+            runtime,
+            max_images=settings.image_cache_max_count,
+            max_bytes=settings.image_cache_max_bytes,
+            interval=settings.janitor_interval_seconds,
+        )
+        executor = RunExecutor(
+            config=ExecutorConfig(
+                instance_id=settings.instance_id,
+                log_limit_bytes=settings.log_limit_bytes,
+                metrics_interval=settings.metrics_interval_seconds,
+                pids_limit=settings.pids_limit,
+                tmp_size_mb=settings.tmp_size_mb,
+                max_input_bytes=settings.max_input_bytes,
+                max_input_files=settings.max_input_files,
+                max_output_bytes=settings.max_output_bytes,
+                max_output_files=settings.max_output_files,
+                spool_memory_bytes=settings.spool_memory_bytes,
+                tmp_dir=settings.data_dir / "tmp",
+            ),
+            sessionmaker=sessionmaker,
+            runtime=runtime,
+            store=store,
+            environments=environments,
+            watcher=watcher,
+            on_image_built=janitor.wake,
+        )
+        dispatcher = Dispatcher(
+            sessionmaker,
+            executor.execute,
+            instance_id=settings.instance_id,
+            max_concurrent=settings.max_concurrent_runs,
+            interval=settings.dispatch_interval_seconds,
+        )
+        context = AppContext(
+            settings=settings,
+            engine=engine,
+            sessionmaker=sessionmaker,
+            runtime=runtime,
+            store=store,
+            run_limits=run_limits(settings),
+            results=RunResults(store, settings.log_limit_bytes),
+            environments=environments,
+            dispatcher=dispatcher,
+            watcher=watcher,
+            janitor=janitor,
+            loops=[watcher, dispatcher, janitor],
+        )
+        app.state.context = context
+
+        try:
+            await Reconciler(sessionmaker, runtime, settings.instance_id).run_once()
+        except AdapterError as exc:
+            log.error("start-up reconciliation skipped: Docker engine unavailable (%s)", exc)
+        if settings.workers_enabled:
+            for loop in context.loops:
+                loop.start()
+        log.info(
+            "taskdeploy instance %s ready (database %s, object store %s)",
+            settings.instance_id,
+            engine.dialect.name,
+            "s3" if settings.uses_s3 else f"local:{settings.effective_local_store_dir}",
+        )
+        try:
+            yield
+        finally:
+            await dispatcher.stop()
+            await dispatcher.drain(settings.shutdown_grace_seconds)
+            for loop in (janitor, watcher):
+                with contextlib.suppress(Exception):
+                    await loop.stop()
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="taskdeploy",
+        version="0.1.0",
+        summary="Run shell commands in containers, on demand and on a schedule.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings or Settings()
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(runs.router)
+    return app

@@ -1,0 +1,124 @@
+"""ORM models: runs, their state-change events, and the environment-image cache index."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db import Base, UTCDateTime, utcnow
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit one.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class RunState(StrEnum):
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    RUNNING = "running"
+    FINISHING = "finishing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {RunState.SUCCEEDED, RunState.FAILED, RunState.TIMED_OUT, RunState.CANCELLED, RunState.ERROR}
+)
+ACTIVE_STATES = frozenset({RunState.PREPARING, RunState.RUNNING, RunState.FINISHING})
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    state: Mapped[RunState] = mapped_column(String(16), index=True, default=RunState.QUEUED)
+    status_reason: Mapped[str | None] = mapped_column(Text)
+
+    # --- the request
+    command: Mapped[str] = mapped_column(Text)
+    packages: Mapped[list[str]] = mapped_column(JSON, default=list)
+    image: Mapped[str] = mapped_column(String(255))
+    input_uri: Mapped[str | None] = mapped_column(Text)
+    output_uri: Mapped[str] = mapped_column(Text)
+    cpus: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[int] = mapped_column(Integer)
+    env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    network: Mapped[bool] = mapped_column(Boolean, default=False)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+
+    # --- what happened
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    oom_killed: Mapped[bool] = mapped_column(Boolean, default=False)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    instance_id: Mapped[str | None] = mapped_column(String(255))
+    container_id: Mapped[str | None] = mapped_column(String(80))
+    env_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    image_id: Mapped[str | None] = mapped_column(String(80))
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    artifacts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    logs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+
+    events: Mapped[list[RunEvent]] = relationship(
+        back_populates="run", order_by="RunEvent.id", cascade="all, delete-orphan", lazy="raise"
+    )
+
+    __table_args__ = (Index("ix_runs_created_at_id", "created_at", "id"),)
+
+
+class RunEvent(Base):
+    __tablename__ = "run_events"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    from_state: Mapped[str | None] = mapped_column(String(16))
+    to_state: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+    run: Mapped[Run] = relationship(back_populates="events", lazy="raise")
+
+
+class EnvironmentImage(Base):
+    """One cached environment image (base image + packages) and when a run last used it."""
+
+    __tablename__ = "environment_images"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(255))
+    image_id: Mapped[str] = mapped_column(String(80))
+    base_image: Mapped[str] = mapped_column(String(255))
+    packages: Mapped[list[str]] = mapped_column(JSON, default=list)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,145 @@
+"""/v1/runs: submit, list, inspect and cancel one-off runs; read their events, logs and metrics."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import PlainTextResponse
+
+from app.deps import ContextDep, RunFromPath, RunServiceDep, SessionDep
+from app.errors import ERROR_RESPONSES, InvalidRequest
+from app.models import Run, RunState
+from app.repositories import InvalidCursor, RunRepository
+from app.schemas import (
+    MetricsSummaryOut,
+    Page,
+    ResourcesOut,
+    RunCreate,
+    RunEventOut,
+    RunLinks,
+    RunMetricsOut,
+    RunOut,
+)
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
+
+
+def present_run(run: Run) -> RunOut:
+    base = f"/v1/runs/{run.id}"
+    return RunOut(
+        id=run.id,
+        state=RunState(run.state),
+        status_reason=run.status_reason,
+        command=run.command,
+        packages=run.packages,
+        image=run.image,
+        input=run.input_uri,
+        output=run.output_uri,
+        resources=ResourcesOut(cpus=run.cpus, memory_mb=run.memory_mb),
+        timeout_seconds=run.timeout_seconds,
+        env=run.env,
+        network=run.network,
+        idempotency_key=run.idempotency_key,
+        exit_code=run.exit_code,
+        oom_killed=run.oom_killed,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        image_id=run.image_id,
+        metrics=MetricsSummaryOut.model_validate(run.metrics) if run.metrics else None,
+        artifacts=run.artifacts or [],
+        logs=run.logs,
+        links=RunLinks(
+            self=base, logs=f"{base}/logs", events=f"{base}/events", metrics=f"{base}/metrics"
+        ),
+    )
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=RunOut,
+    responses={200: {"model": RunOut, "description": "Replay of an idempotent request"}},
+)
+async def create_run(
+    body: RunCreate,
+    response: Response,
+    service: RunServiceDep,
+    context: ContextDep,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> RunOut:
+    """Queue a command to run in a container; returns at once with the queued run."""
+    run, created = await service.create(body, idempotency_key)
+    response.status_code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
+    response.headers["Location"] = f"/v1/runs/{run.id}"
+    if created:
+        await service.session.commit()
+        context.wake_dispatcher()
+    return present_run(run)
+
+
+@router.get("", response_model=Page[RunOut])
+async def list_runs(
+    session: SessionDep,
+    state: Annotated[list[RunState] | None, Query(description="filter by state")] = None,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[RunOut]:
+    """List runs, newest first, with cursor pagination."""
+    try:
+        runs, next_cursor = await RunRepository(session).page(
+            states=state or (), cursor=cursor, limit=limit
+        )
+    except InvalidCursor as exc:
+        raise InvalidRequest(str(exc), field="cursor") from exc
+    return Page[RunOut](items=[present_run(r) for r in runs], next_cursor=next_cursor)
+
+
+@router.get("/{run_id}", response_model=RunOut)
+async def get_run(run: RunFromPath) -> RunOut:
+    """One run with its state, exit code, metrics summary and artifacts."""
+    return present_run(run)
+
+
+@router.get("/{run_id}/events", response_model=Page[RunEventOut])
+async def list_run_events(run: RunFromPath, session: SessionDep) -> Page[RunEventOut]:
+    """Every state change of a run, oldest first."""
+    events = await RunRepository(session).events(run.id)
+    return Page[RunEventOut](items=[RunEventOut.model_validate(e) for e in events])
+
+
+@router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=RunOut)
+async def cancel_run(run: RunFromPath, service: RunServiceDep, context: ContextDep) -> RunOut:
+    """Cancel a queued, preparing or running run; a running container is killed and harvested."""
+    cancelled = await service.cancel(run.id)
+    await service.session.commit()
+    context.cancel_run(run.id)
+    return present_run(cancelled)
+
+
+@router.get(
+    "/{run_id}/logs",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "the log's bytes"}},
+)
+async def get_run_logs(
+    run: RunFromPath,
+    context: ContextDep,
+    stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout",
+) -> Response:
+    """The stdout or stderr of a finished run."""
+    body = await context.results.log(run, stream)
+    return Response(content=body, media_type="text/plain; charset=utf-8")
+
+
+@router.get("/{run_id}/metrics", response_model=RunMetricsOut)
+async def get_run_metrics(run: RunFromPath, context: ContextDep) -> RunMetricsOut:
+    """CPU and memory samples of a finished run, with the summary."""
+    doc = await context.results.metrics(run)
+    return RunMetricsOut(
+        run_id=run.id,
+        source=str(doc.get("source", "none")),
+        summary=doc.get("summary"),
+        series=doc.get("series", []),
+    )

@@ -1,0 +1,219 @@
+"""Run rules: admission of a request, idempotency, cancellation and the state machine."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
+from app.models import TERMINAL_STATES, Run, RunState
+from app.repositories import RunRepository
+from app.schemas import RunCreate
+
+S = RunState
+ALLOWED_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    S.QUEUED: frozenset({S.PREPARING, S.CANCELLED, S.ERROR}),
+    S.PREPARING: frozenset({S.RUNNING, S.CANCELLED, S.ERROR}),
+    S.RUNNING: frozenset({S.FINISHING, S.CANCELLED, S.ERROR}),
+    S.FINISHING: frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED, S.ERROR}),
+}
+CANCELLABLE = frozenset({S.QUEUED, S.PREPARING, S.RUNNING})
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+@dataclass(frozen=True, slots=True)
+class RunLimits:
+    """Operator limits a request is checked against (built from settings by app.main)."""
+
+    allowed_images: tuple[str, ...]
+    default_image: str
+    default_cpus: float
+    default_memory_mb: int
+    max_cpus: float
+    max_memory_mb: int
+    default_timeout_seconds: int
+    max_timeout_seconds: int
+    max_command_bytes: int
+    allow_network: bool
+
+
+async def transition(
+    session: AsyncSession,
+    run_id: str,
+    to: RunState,
+    *,
+    expected: RunState | None = None,
+    detail: str | None = None,
+    **values: Any,
+) -> Run:
+    """The one way a run changes state: refuses illegal moves and logs an event in the same txn.
+
+    `expected` pins the state the caller believes the run is in; a concurrent change (for
+    example a cancel racing the executor) then surfaces as IllegalTransition instead of an
+    overwrite.
+    """
+    repo = RunRepository(session)
+    run = await repo.get(run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    current = RunState(run.state)
+    if expected is not None and current != expected:
+        raise IllegalTransition(f"run {run_id} is {current}, not {expected}")
+    if to not in ALLOWED_TRANSITIONS.get(current, frozenset()):
+        raise IllegalTransition(f"run {run_id} cannot go from {current} to {to}")
+    now = utcnow()
+    if to == S.RUNNING and "started_at" not in values:
+        values["started_at"] = now
+    if to in TERMINAL_STATES:
+        values.setdefault("finished_at", now)
+    if not await repo.compare_and_set_state(run_id, current, to, values):
+        raise IllegalTransition(f"run {run_id} changed state concurrently")
+    repo.add_event(run_id, current, to, detail)
+    refreshed = await repo.get(run_id)
+    assert refreshed is not None
+    return refreshed
+
+
+def request_fingerprint(body: RunCreate) -> str:
+    payload = body.model_dump(mode="json", exclude={"idempotency_key"})
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class RunService:
+    """Business rules for one-off runs. Commits are the caller's (one per request)."""
+
+    def __init__(
+        self, session: AsyncSession, limits: RunLimits, wake: Callable[[], None] | None = None
+    ) -> None:
+        self.session = session
+        self.repo = RunRepository(session)
+        self.limits = limits
+        self.wake = wake
+
+    def _admit(self, body: RunCreate) -> dict[str, Any]:
+        lim = self.limits
+        if len(body.command.encode()) > lim.max_command_bytes:
+            raise InvalidRequest(
+                f"command is {len(body.command.encode())} bytes; the limit is "
+                f"{lim.max_command_bytes}",
+                field="command",
+            )
+        image = body.image or lim.default_image
+        if image not in lim.allowed_images:
+            raise InvalidRequest(
+                f"image {image!r} is not on the operator's allow-list "
+                f"({', '.join(lim.allowed_images)})",
+                field="image",
+            )
+        cpus = float(body.resources.cpus) if body.resources.cpus is not None else lim.default_cpus
+        if cpus > lim.max_cpus:
+            raise InvalidRequest(
+                f"resources.cpus {cpus:g} exceeds the maximum of {lim.max_cpus:g}",
+                field="resources.cpus",
+            )
+        memory = body.resources.memory_mb or min(lim.default_memory_mb, lim.max_memory_mb)
+        if memory > lim.max_memory_mb:
+            raise InvalidRequest(
+                f"resources.memory_mb {memory} exceeds the maximum of {lim.max_memory_mb}",
+                field="resources.memory_mb",
+            )
+        timeout = body.timeout_seconds or lim.default_timeout_seconds
+        if timeout > lim.max_timeout_seconds:
+            raise InvalidRequest(
+                f"timeout_seconds {timeout} exceeds the maximum of {lim.max_timeout_seconds}",
+                field="timeout_seconds",
+            )
+        if body.network and not lim.allow_network:
+            raise Forbidden("network access for runs is disabled by the operator", field="network")
+        return {
+            "image": image,
+            "cpus": cpus,
+            "memory_mb": memory,
+            "timeout_seconds": timeout,
+            "packages": sorted(set(body.packages)),
+        }
+
+    async def create(self, body: RunCreate, idempotency_header: str | None) -> tuple[Run, bool]:
+        """Queues a run; returns (run, created). A replayed idempotency key returns the original."""
+        key = idempotency_header or body.idempotency_key
+        if (
+            idempotency_header
+            and body.idempotency_key
+            and idempotency_header != body.idempotency_key
+        ):
+            raise InvalidRequest(
+                "Idempotency-Key header and idempotency_key field differ", field="idempotency_key"
+            )
+        fingerprint = request_fingerprint(body)
+        if key:
+            existing = await self.repo.get_by_idempotency_key(key)
+            if existing is not None:
+                return self._replay(existing, fingerprint), False
+        admitted = self._admit(body)
+        run = Run(
+            state=RunState.QUEUED,
+            command=body.command,
+            input_uri=body.input,
+            output_uri=body.output,
+            env=body.env,
+            network=body.network,
+            idempotency_key=key,
+            request_hash=fingerprint,
+            created_at=utcnow(),
+            artifacts=[],
+            **admitted,
+        )
+        self.repo.add(run)
+        try:
+            await self.session.flush()
+        except IntegrityError:
+            # Another request with the same key won the race: answer like a replay.
+            await self.session.rollback()
+            assert key is not None
+            existing = await self.repo.get_by_idempotency_key(key)
+            if existing is None:
+                raise
+            return self._replay(existing, fingerprint), False
+        self.repo.add_event(run.id, None, RunState.QUEUED, "submitted")
+        return run, True
+
+    @staticmethod
+    def _replay(existing: Run, fingerprint: str) -> Run:
+        if existing.request_hash != fingerprint:
+            raise Conflict(
+                "idempotency key was already used with a different request body",
+                field="idempotency_key",
+            )
+        return existing
+
+    async def get(self, run_id: str) -> Run:
+        run = await self.repo.get(run_id)
+        if run is None:
+            raise NotFound(f"run {run_id} not found")
+        return run
+
+    async def cancel(self, run_id: str) -> Run:
+        """Queued runs are cancelled at once; preparing/running ones are flagged for the executor."""
+        run = await self.get(run_id)
+        state = RunState(run.state)
+        if state not in CANCELLABLE:
+            raise Conflict(f"run {run_id} is {state} and can no longer be cancelled", field="state")
+        await self.repo.update_fields(run_id, {"cancel_requested": True})
+        if state == RunState.QUEUED:
+            try:
+                return await transition(
+                    self.session, run_id, RunState.CANCELLED, expected=state, detail="cancelled"
+                )
+            except IllegalTransition:
+                pass  # the dispatcher claimed it meanwhile: the executor honours the flag
+        return await self.get(run_id)

@@ -1,0 +1,552 @@
+"""The per-run pipeline: image → container → inputs → start → wait → harvest → upload → cleanup."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import tarfile
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Literal
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.adapters.ports import (
+    AdapterError,
+    BucketNotFound,
+    ContainerRuntime,
+    ContainerSpec,
+    ImageNotFound,
+    ObjectStore,
+)
+from app.db import utcnow
+from app.models import Run, RunState
+from app.repositories import RunRepository
+from app.services.environments import (
+    EnvironmentImageRef,
+    EnvironmentImages,
+    EnvironmentUnavailable,
+)
+from app.services.metrics import MetricsReport, parse_metrics_tsv
+from app.services.runs import IllegalTransition, transition
+from app.services.s3uri import S3Location, parse_s3_uri, safe_relative_path
+from app.services.workspace import (
+    ENTRYPOINT,
+    META_DIR,
+    OutputPlan,
+    WorkspaceTarWriter,
+    plan_outputs,
+    write_workspace_skeleton,
+)
+from app.workers.watcher import ContainerWatcher
+
+log = logging.getLogger(__name__)
+
+Outcome = Literal["exited", "timed_out", "cancelled"]
+MANAGED_LABELS = ("taskdeploy.managed", "taskdeploy.instance", "taskdeploy.run_id")
+STOP_WAIT_SECONDS = 30.0
+
+
+class RunAborted(Exception):
+    """Ends the run in `state` with `reason` (infrastructure faults, bad inputs, cancellation)."""
+
+    def __init__(self, state: RunState, reason: str) -> None:
+        super().__init__(reason)
+        self.state = state
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorConfig:
+    instance_id: str
+    log_limit_bytes: int
+    metrics_interval: float
+    pids_limit: int
+    tmp_size_mb: int
+    max_input_bytes: int
+    max_input_files: int
+    max_output_bytes: int
+    max_output_files: int
+    spool_memory_bytes: int
+    tmp_dir: Path
+
+
+def run_prefix(run: Run) -> S3Location:
+    out = parse_s3_uri(run.output_uri)
+    return S3Location(out.bucket, f"{out.prefix}{run.id}/")
+
+
+class RunExecutor:
+    """Drives one run at a time through the pipeline; one instance serves all runs."""
+
+    def __init__(
+        self,
+        *,
+        config: ExecutorConfig,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        runtime: ContainerRuntime,
+        store: ObjectStore,
+        environments: EnvironmentImages,
+        watcher: ContainerWatcher,
+        on_image_built: Callable[[], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.sessionmaker = sessionmaker
+        self.runtime = runtime
+        self.store = store
+        self.environments = environments
+        self.watcher = watcher
+        self.on_image_built = on_image_built
+
+    # ------------------------------------------------------------------ database
+    async def _load(self, run_id: str) -> Run:
+        async with self.sessionmaker() as session:
+            run = await RunRepository(session).get(run_id)
+        if run is None:
+            raise RunAborted(RunState.ERROR, "run vanished from the database")
+        return run
+
+    async def _update(self, run_id: str, **values: Any) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await RunRepository(session).update_fields(run_id, values)
+
+    async def _transition(
+        self,
+        run_id: str,
+        to: RunState,
+        expected: RunState,
+        detail: str | None = None,
+        **values: Any,
+    ) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            await transition(session, run_id, to, expected=expected, detail=detail, **values)
+
+    async def _check_cancel(self, run_id: str, cancel: asyncio.Event) -> None:
+        if cancel.is_set() or (await self._load(run_id)).cancel_requested:
+            raise RunAborted(RunState.CANCELLED, "cancelled before the command started")
+
+    # ------------------------------------------------------------------ pipeline
+    async def execute(self, run_id: str, cancel: asyncio.Event) -> None:
+        container_id: str | None = None
+        try:
+            run = await self._load(run_id)
+            await self._check_cancel(run_id, cancel)
+            image_ref = await self._environment(run)
+            await self._check_cancel(run_id, cancel)
+            how = "cached" if image_ref.cached else f"built ({image_ref.build_seconds:.1f} s)"
+            with self._spool() as workspace_tar:
+                await self._stage_inputs(run, workspace_tar)
+                container_id = await self._create_container(run, image_ref.tag)
+                await self._update(run_id, container_id=container_id)
+                workspace_tar.seek(0)
+                await self.runtime.put_archive(container_id, "/workspace", workspace_tar)
+            await self._check_cancel(run_id, cancel)
+            died = self.watcher.expect(container_id)
+            await self.runtime.start(container_id)
+            await self._transition(
+                run_id,
+                RunState.RUNNING,
+                RunState.PREPARING,
+                f"container {container_id[:12]} started from {how} environment image "
+                f"{image_ref.tag}",
+            )
+            outcome = await self._wait(container_id, died, run.timeout_seconds, cancel)
+            await self._transition(run_id, RunState.FINISHING, RunState.RUNNING, outcome)
+            await self._finish(await self._load(run_id), container_id, outcome)
+        except RunAborted as exc:
+            await self._abort(run_id, exc.state, exc.reason)
+        except EnvironmentUnavailable as exc:
+            await self._upload_build_log(run_id, exc.build_log)
+            await self._abort(run_id, RunState.ERROR, exc.reason)
+        except AdapterError as exc:
+            await self._abort(run_id, RunState.ERROR, f"{type(exc).__name__}: {exc}")
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self._abort(run_id, RunState.ERROR, "interrupted: the service shut down")
+            )
+            raise
+        except Exception as exc:
+            log.exception("run %s: unexpected failure", run_id)
+            await self._abort(
+                run_id, RunState.ERROR, f"internal error: {type(exc).__name__}: {exc}"
+            )
+        finally:
+            if container_id is not None:
+                self.watcher.forget(container_id)
+                await asyncio.shield(self._remove_container(container_id))
+
+    async def _remove_container(self, container_id: str) -> None:
+        try:
+            await self.runtime.remove(container_id)
+        except AdapterError:
+            log.warning("could not remove container %s", container_id, exc_info=True)
+
+    async def _abort(self, run_id: str, state: RunState, reason: str) -> None:
+        """Ends a run that did not reach a normal finish, whatever state it got to."""
+        try:
+            async with self.sessionmaker() as session, session.begin():
+                run = await RunRepository(session).get(run_id)
+                if run is None or RunState(run.state).terminal:
+                    return
+                await transition(session, run_id, state, detail=reason, status_reason=reason)
+        except IllegalTransition:
+            log.warning("run %s: could not record %s (%s)", run_id, state, reason)
+        except Exception:
+            log.exception("run %s: could not record %s (%s)", run_id, state, reason)
+
+    @contextlib.contextmanager
+    def _spool(self) -> Any:
+        self.config.tmp_dir.mkdir(parents=True, exist_ok=True)
+        spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - closed by the context manager
+            max_size=self.config.spool_memory_bytes, dir=str(self.config.tmp_dir)
+        )
+        try:
+            yield spool
+        finally:
+            spool.close()
+
+    # ------------------------------------------------------------------ 1. environment image
+    async def _environment(self, run: Run) -> EnvironmentImageRef:
+        key, base_id = await self.environments.resolve_key(run.image, run.packages)
+        # Recorded before the build so the janitor never evicts an image a run is about to use.
+        await self._update(run.id, env_key=key)
+        ref = await self.environments.ensure(key, base_id, run.image, run.packages)
+        await self._update(run.id, image_id=ref.image_id)
+        if not ref.cached and self.on_image_built is not None:
+            self.on_image_built()
+        return ref
+
+    async def _upload_build_log(self, run_id: str, build_log: str | None) -> None:
+        if not build_log:
+            return
+        try:
+            run = await self._load(run_id)
+            where = run_prefix(run)
+            await self.store.put_bytes(
+                where.bucket,
+                f"{where.prefix}build.log",
+                build_log.encode(),
+                content_type="text/plain",
+            )
+            await self._update(
+                run_id,
+                artifacts=[{"key": f"{where.prefix}build.log", "size": len(build_log.encode())}],
+            )
+        except Exception:
+            log.warning("run %s: could not upload the build log", run_id, exc_info=True)
+
+    # ------------------------------------------------------------------ 2. container
+    async def _create_container(self, run: Run, image: str) -> str:
+        cfg = self.config
+        spec = ContainerSpec(
+            image=image,
+            command=["/bin/sh", ENTRYPOINT],
+            env={
+                **run.env,
+                "INPUT_DIR": "/workspace/input",
+                "OUTPUT_DIR": "/workspace/output",
+                "TASKDEPLOY_RUN_ID": run.id,
+                "HOME": "/tmp",
+                "TASKDEPLOY_METRICS_INTERVAL": f"{cfg.metrics_interval:g}",
+                "TASKDEPLOY_LOG_LIMIT": str(cfg.log_limit_bytes),
+            },
+            labels={
+                "taskdeploy.managed": "true",
+                "taskdeploy.instance": cfg.instance_id,
+                "taskdeploy.run_id": run.id,
+            },
+            nano_cpus=int(run.cpus * 1e9),
+            memory_bytes=run.memory_mb * 1024 * 1024,
+            pids_limit=cfg.pids_limit,
+            network_enabled=run.network,
+            log_max_bytes=1024 * 1024,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={cfg.tmp_size_mb}m"},
+            name=f"taskdeploy-{run.id}",
+        )
+        try:
+            return await self.runtime.create_container(spec)
+        except ImageNotFound:
+            # The janitor may have evicted the image between lookup and create: build it again.
+            ref = await self._environment(run)
+            return await self.runtime.create_container(dataclasses.replace(spec, image=ref.tag))
+
+    # ------------------------------------------------------------------ 3. inputs
+    async def _stage_inputs(self, run: Run, spool: BinaryIO) -> None:
+        writer = WorkspaceTarWriter(spool)
+        write_workspace_skeleton(writer, run.command)
+        if run.input_uri:
+            source = parse_s3_uri(run.input_uri)
+            files = total = 0
+            try:
+                async for obj in self.store.list_objects(source.bucket, source.prefix):
+                    if obj.key.endswith("/"):
+                        continue  # a "folder" marker, not a file
+                    rel = safe_relative_path(obj.key, source.prefix)
+                    if rel is None:
+                        raise RunAborted(
+                            RunState.ERROR, f"input key {obj.key[:300]!r} is not a safe file path"
+                        )
+                    files += 1
+                    total += obj.size
+                    if files > self.config.max_input_files or total > self.config.max_input_bytes:
+                        raise RunAborted(
+                            RunState.ERROR,
+                            f"inputs exceed the caps of {self.config.max_input_files} files / "
+                            f"{self.config.max_input_bytes} bytes",
+                        )
+                    writer.begin_file(f"input/{rel}", obj.size)
+                    written = await self.store.download_fileobj(source.bucket, obj.key, spool)
+                    if written != obj.size:
+                        raise RunAborted(
+                            RunState.ERROR, f"input {obj.key!r} changed while it was being staged"
+                        )
+                    writer.pad(written)
+            except BucketNotFound as exc:
+                raise RunAborted(
+                    RunState.ERROR, f"input bucket {source.bucket!r} does not exist"
+                ) from exc
+        writer.close()
+
+    # ------------------------------------------------------------------ 6. wait
+    async def _wait(
+        self,
+        container_id: str,
+        died: asyncio.Future[Any],
+        timeout: float,
+        cancel: asyncio.Event,
+    ) -> Outcome:
+        waited = asyncio.ensure_future(self.runtime.wait(container_id))
+        cancelled = asyncio.ensure_future(cancel.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {died, waited, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            cancelled.cancel()
+            if not waited.done():
+                waited.cancel()
+        if died in done or waited in done:
+            if waited in done and waited.exception() is not None:
+                raise waited.exception()  # type: ignore[misc]
+            return "exited"
+        outcome: Outcome = "cancelled" if cancelled in done else "timed_out"
+        await self.runtime.kill(container_id)
+        await asyncio.wait_for(self.runtime.wait(container_id), STOP_WAIT_SECONDS)
+        return outcome
+
+    # ------------------------------------------------------------------ 7. harvest and upload
+    async def _finish(self, run: Run, container_id: str, outcome: Outcome) -> None:
+        state = await self.runtime.inspect(container_id)
+        exit_code = state.exit_code if state else None
+        oom = bool(state and state.oom_killed) or container_id in self.watcher.oom_seen
+        where = run_prefix(run)
+        artifacts: list[dict[str, Any]] = []
+
+        async def upload(rel: str, fileobj: BinaryIO, content_type: str | None = None) -> None:
+            key = f"{where.prefix}{rel}"
+            size = await self.store.upload_fileobj(
+                where.bucket, key, fileobj, content_type=content_type
+            )
+            artifacts.append({"key": key, "size": size})
+
+        try:
+            logs, report = await self._harvest_meta(container_id, upload)
+            plan = await self._harvest_outputs(container_id, upload)
+        except BucketNotFound as exc:
+            raise RunAborted(
+                RunState.ERROR, f"output bucket {where.bucket!r} does not exist"
+            ) from exc
+
+        final, reason = self._verdict(outcome, exit_code, oom, plan)
+        metrics_doc = {"run_id": run.id, **report.to_json()}
+        await upload("metrics.json", _json_file(metrics_doc), "application/json")
+        manifest = await self._manifest(run, final, reason, exit_code, oom, artifacts, plan, logs)
+        await upload("run.json", _json_file(manifest), "application/json")
+        await self._transition(
+            run.id,
+            final,
+            RunState.FINISHING,
+            reason or f"exit code {exit_code}",
+            exit_code=exit_code,
+            oom_killed=oom,
+            status_reason=reason,
+            metrics=metrics_doc["summary"],
+            artifacts=artifacts,
+            logs=logs,
+        )
+
+    @staticmethod
+    def _verdict(
+        outcome: Outcome, exit_code: int | None, oom: bool, plan: OutputPlan
+    ) -> tuple[RunState, str | None]:
+        notes = [plan.limit_reason] if plan.limit_reason else []
+        if plan.skipped_count:
+            notes.append(f"{plan.skipped_count} output entries were not uploaded (see run.json)")
+        if outcome == "cancelled":
+            return RunState.CANCELLED, "; ".join(["cancelled while running", *notes])
+        if outcome == "timed_out":
+            return RunState.TIMED_OUT, "; ".join(["killed at the time limit", *notes])
+        if oom:
+            return RunState.FAILED, "; ".join(["killed: out of memory", *notes])
+        if exit_code == 0:
+            return RunState.SUCCEEDED, "; ".join(notes) or None
+        return RunState.FAILED, "; ".join([f"exit code {exit_code}", *notes])
+
+    async def _download_archive(
+        self, container_id: str, path: str, spool: IO[bytes], cap: int
+    ) -> int:
+        """Streams a container path's tar into `spool`, stopping once `cap` bytes are in."""
+        written = 0
+        chunks: AsyncIterator[bytes] = self.runtime.stream_archive(container_id, path)
+        try:
+            async for chunk in chunks:
+                spool.write(chunk)
+                written += len(chunk)
+                if written > cap:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await chunks.aclose()  # type: ignore[attr-defined]
+        spool.seek(0)
+        return written
+
+    async def _harvest_meta(
+        self, container_id: str, upload: Callable[..., Any]
+    ) -> tuple[dict[str, Any], MetricsReport]:
+        """Logs and metrics the wrapper left in /workspace/.taskdeploy."""
+        cap = 2 * self.config.log_limit_bytes + 64 * 1024 * 1024
+        logs: dict[str, Any] = {}
+        metrics_text = ""
+        with self._spool() as spool:
+            try:
+                await self._download_archive(container_id, f"/workspace/{META_DIR}", spool, cap)
+                members = await asyncio.to_thread(_read_meta_members, spool)
+            except AdapterError:
+                members = {}
+            for stream in ("stdout", "stderr"):
+                kept = members.get(f"{stream}.log", b"")
+                total = _parse_int(members.get(f"{stream}.total")) or len(kept)
+                truncated = total > len(kept)
+                body = kept
+                if truncated:
+                    body += (
+                        f"\n[taskdeploy: {stream} truncated: kept the first {len(kept)} of "
+                        f"{total} bytes]\n"
+                    ).encode()
+                await upload(f"{stream}.log", _bytes_file(body), "text/plain; charset=utf-8")
+                logs[stream] = {"bytes": total, "kept_bytes": len(kept), "truncated": truncated}
+            metrics_text = members.get("metrics.tsv", b"").decode(errors="replace")
+        return logs, parse_metrics_tsv(metrics_text)
+
+    async def _harvest_outputs(self, container_id: str, upload: Callable[..., Any]) -> OutputPlan:
+        cap = self.config.max_output_bytes + 64 * 1024 * 1024
+        with self._spool() as spool:
+            try:
+                available = await self._download_archive(
+                    container_id, "/workspace/output", spool, cap
+                )
+            except AdapterError as exc:
+                plan = OutputPlan()
+                plan.limit_reason = f"output folder could not be read: {exc}"
+                return plan
+            tar = tarfile.open(fileobj=spool, mode="r:")  # noqa: SIM115 - closed below
+            try:
+                plan = await asyncio.to_thread(
+                    plan_outputs,
+                    tar,
+                    root="output",
+                    max_files=self.config.max_output_files,
+                    max_bytes=self.config.max_output_bytes,
+                    available=available,
+                )
+                for info, member in plan.files:
+                    body = tar.extractfile(info)
+                    if body is None:
+                        continue
+                    await upload(f"output/{member.path}", body)
+            finally:
+                tar.close()
+        return plan
+
+    async def _manifest(
+        self,
+        run: Run,
+        final: RunState,
+        reason: str | None,
+        exit_code: int | None,
+        oom: bool,
+        artifacts: list[dict[str, Any]],
+        plan: OutputPlan,
+        logs: dict[str, Any],
+    ) -> dict[str, Any]:
+        async with self.sessionmaker() as session:
+            events = await RunRepository(session).events(run.id)
+        states = [{"state": e.to_state, "at": e.at.isoformat(), "detail": e.detail} for e in events]
+        states.append({"state": final.value, "at": utcnow().isoformat(), "detail": reason})
+        return {
+            "run_id": run.id,
+            "request": {
+                "command": run.command,
+                "packages": run.packages,
+                "image": run.image,
+                "input": run.input_uri,
+                "output": run.output_uri,
+                "resources": {"cpus": run.cpus, "memory_mb": run.memory_mb},
+                "timeout_seconds": run.timeout_seconds,
+                "env": run.env,
+                "network": run.network,
+            },
+            "state": final.value,
+            "status_reason": reason,
+            "states": states,
+            "exit_code": exit_code,
+            "oom_killed": oom,
+            "image": {"base": run.image, "environment_image_id": run.image_id, "key": run.env_key},
+            "instance_id": self.config.instance_id,
+            "logs": logs,
+            "artifacts": list(artifacts),
+            "skipped_outputs": [
+                {"path": s.path, "kind": s.kind, "reason": s.reason} for s in plan.skipped
+            ],
+            "skipped_outputs_count": plan.skipped_count,
+        }
+
+
+def _json_file(doc: dict[str, Any]) -> BinaryIO:
+    return _bytes_file(json.dumps(doc, indent=2, default=str).encode())
+
+
+def _bytes_file(data: bytes) -> BinaryIO:
+    return io.BytesIO(data)
+
+
+def _parse_int(raw: bytes | None) -> int | None:
+    try:
+        return int(raw.strip()) if raw else None
+    except ValueError:
+        return None
+
+
+META_FILES = {"stdout.log", "stderr.log", "stdout.total", "stderr.total", "metrics.tsv"}
+
+
+def _read_meta_members(spool: IO[bytes]) -> dict[str, bytes]:
+    """The wrapper's files from the .taskdeploy archive (bounded: the logs are capped in-container)."""
+    found: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=spool, mode="r:") as tar:
+            for info in tar:
+                name = info.name.rsplit("/", 1)[-1]
+                if name in META_FILES and info.isreg() and info.name.count("/") == 1:
+                    body = tar.extractfile(info)
+                    if body is not None:
+                        found[name] = body.read()
+    except (tarfile.ReadError, EOFError):
+        pass  # a truncated archive: keep what was read
+    return found

@@ -1,0 +1,36 @@
+"""Keeps the environment-image cache within its caps and prunes what failed builds leave behind."""
+
+from __future__ import annotations
+
+import logging
+
+from app.adapters.ports import ContainerRuntime
+from app.services.environments import EnvironmentImages
+from app.workers.base import LoopService
+
+log = logging.getLogger(__name__)
+
+
+class Janitor(LoopService):
+    name = "janitor"
+
+    def __init__(
+        self,
+        environments: EnvironmentImages,
+        runtime: ContainerRuntime,
+        *,
+        max_images: int,
+        max_bytes: int,
+        interval: float,
+    ) -> None:
+        super().__init__(interval)
+        self.environments = environments
+        self.runtime = runtime
+        self.max_images = max_images
+        self.max_bytes = max_bytes
+
+    async def run_once(self) -> None:
+        await self.environments.evict(max_count=self.max_images, max_bytes=self.max_bytes)
+        pruned = await self.runtime.prune_dangling_images()
+        if pruned:
+            log.info("pruned %d dangling image(s)", pruned)

@@ -1,0 +1,66 @@
+"""Fixtures for e2e tests: services on PostgreSQL + S3 and on the embedded defaults."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.harness import Service, create_database, docker_ids, pg_s3_env, start_service
+
+
+@pytest.fixture(scope="session")
+def volumes_at_start() -> set[str]:
+    """Docker volumes that existed before the e2e tests ran."""
+    return set(docker_ids("volume", "ls", "-q"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _record_volumes(volumes_at_start: set[str]) -> None:
+    """Records the volume list before any e2e service starts."""
+
+
+@pytest.fixture(scope="session")
+def e2e_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("services")
+
+
+@pytest.fixture(scope="session")
+def service_factory(e2e_tmp: Path) -> Iterator[Any]:
+    """Starts extra services with their own settings; all are stopped at the end."""
+    started: list[Service] = []
+
+    def factory(env: dict[str, str]) -> Service:
+        service = start_service(e2e_tmp, env)
+        started.append(service)
+        return service
+
+    yield factory
+    for service in started:
+        service.stop()
+
+
+@pytest.fixture(scope="session")
+async def pg_database(postgres_url: str) -> str:
+    return await create_database(postgres_url)
+
+
+@pytest.fixture(scope="session")
+def pg_service(service_factory: Any, pg_database: str, s3_endpoint: str) -> Service:
+    """The main configuration: PostgreSQL + S3 (moto) + Docker."""
+    return service_factory(pg_s3_env(pg_database, s3_endpoint))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def sqlite_service(service_factory: Any) -> Service:
+    """The embedded defaults: SQLite + a local-directory object store."""
+    return service_factory({})  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def client(pg_service: Service) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as c:
+        yield c

@@ -1,0 +1,81 @@
+"""Runs after the other e2e tests: nothing the service ran is left on the Docker host, and
+what is not the service's is left alone."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from typing import Any
+
+import httpx
+
+from tests.e2e.harness import DEBIAN, Service, docker_ids, make_run, pg_s3_env, run_to_end
+
+
+async def test_foreign_containers_are_left_untouched(
+    service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
+) -> None:
+    foreign = docker_ids("create", "busybox:latest", "sleep", "3600")[0]
+    other_instance = docker_ids(
+        "create",
+        "--label",
+        "taskdeploy.managed=true",
+        "--label",
+        "taskdeploy.instance=someone-else",
+        "busybox:latest",
+        "true",
+    )[0]
+    try:
+        # A fresh service reconciles at start-up and runs a job; neither touches the above.
+        service = service_factory(pg_s3_env(pg_database, s3_endpoint))
+        async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
+            run = await run_to_end(client, make_run(f"s3://{bucket}/o"))
+            assert run["state"] == "succeeded"
+        present = set(docker_ids("ps", "-aq", "--no-trunc"))
+        assert {foreign, other_instance} <= present
+    finally:
+        subprocess.run(["docker", "rm", "-f", foreign, other_instance], capture_output=True)
+
+
+async def test_image_cache_stays_within_its_cap(
+    service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
+) -> None:
+    cap = 2
+    service: Service = service_factory(
+        {**pg_s3_env(pg_database, s3_endpoint), "TASKDEPLOY_IMAGE_CACHE_MAX_COUNT": str(cap)}
+    )
+    package_sets = [["jq"], ["bc"], ["file"]]
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
+        for packages in package_sets:
+            body = make_run(f"s3://{bucket}/o", image=DEBIAN, packages=packages, command="true")
+            run = await run_to_end(client, body, 600)
+            assert run["state"] == "succeeded", run
+    # The janitor is woken after every build; wait for it to get under the cap.
+    deadline = time.monotonic() + 60
+    env_images: list[str] = []
+    while time.monotonic() < deadline:
+        env_images = docker_ids("images", "-q", "--filter", "label=taskdeploy.kind=environment")
+        if len(env_images) <= cap:
+            break
+        time.sleep(0.2)
+    assert len(env_images) <= cap, env_images
+
+
+def test_no_containers_or_volumes_left_behind(
+    pg_service: Service, sqlite_service: Service, volumes_at_start: set[str]
+) -> None:
+    leftovers = docker_ids("ps", "-aq", "--filter", "label=taskdeploy.managed=true")
+    instance_leftovers = [
+        c
+        for c in leftovers
+        if subprocess.run(
+            ["docker", "inspect", "-f", '{{index .Config.Labels "taskdeploy.instance"}}', c],
+            capture_output=True,
+            text=True,
+        )
+        .stdout.strip()
+        .startswith("e2e-")
+    ]
+    assert instance_leftovers == []
+    volumes_now = set(docker_ids("volume", "ls", "-q"))
+    assert volumes_now - volumes_at_start == set()
