@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import builtins
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any

@@ -58,7 +58,11 @@ class LocalObjectStore:
         # S3 prefixes are plain string prefixes ("in/da" matches "in/data.csv"), so walk the
         # deepest folder the prefix names in full, then filter on the whole key.
         folder, _, _ = prefix.rpartition("/")
-        start = self._object_path(bucket_path, folder, what="prefix") if folder else bucket_path
+        start = (
+            await asyncio.to_thread(self._object_path, bucket_path, folder, what="prefix")
+            if folder
+            else bucket_path
+        )
         async for key, size in self._walk(start, f"{folder}/" if folder else ""):
             if key.startswith(prefix):
                 yield ObjectInfo(key=key, size=size)
@@ -125,12 +129,10 @@ class LocalObjectStore:
         OSError from reading `fileobj` is the caller's file, not the store, and is not translated.
         """
         bucket_path = await self._existing_bucket(bucket)
-        path = self._object_path(bucket_path, key)
+        path = await asyncio.to_thread(self._object_path, bucket_path, key)
         action = f"write {bucket}/{key}"
         with self._translated(action):
-            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-            # Re-check after mkdir: a folder swapped for a symlink meanwhile must not lead outside.
-            self._check_inside(bucket_path, path.parent.resolve() / path.name, key)
+            await asyncio.to_thread(self._make_parent, bucket_path, path, key)
             temp = path.with_name(f"{TEMP_PREFIX}{uuid.uuid4().hex}")
             target = await asyncio.to_thread(temp.open, "xb")
         try:
@@ -170,13 +172,16 @@ class LocalObjectStore:
 
     async def _existing_object(self, bucket: str, key: str) -> Path:
         bucket_path = await self._existing_bucket(bucket)
-        path = self._object_path(bucket_path, key)
+        path = await asyncio.to_thread(self._object_path, bucket_path, key)
         if not await asyncio.to_thread(path.is_file):
             raise ObjectNotFound(f"no object {key!r} in bucket {bucket!r}")
         return path
 
     def _object_path(self, bucket_path: Path, key: str, *, what: str = "key") -> Path:
-        """The file a key names, refusing any key that could name something outside the bucket."""
+        """The file a key names, refusing any key that could name something outside the bucket.
+
+        Blocking (it resolves symlinks on disk): call it in a thread.
+        """
         if not key or key.startswith("/") or "\x00" in key:
             raise ObjectStoreError(f"{what} {key!r} is not allowed: empty, absolute or has a NUL")
         for segment in key.split("/"):
@@ -190,7 +195,14 @@ class LocalObjectStore:
         self._check_inside(bucket_path, path.resolve(), key)
         return path
 
+    def _make_parent(self, bucket_path: Path, path: Path, key: str) -> None:
+        """Create the object's folders; blocking."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Re-check after mkdir: a folder swapped for a symlink meanwhile must not lead outside.
+        self._check_inside(bucket_path, path.parent.resolve() / path.name, key)
+
     def _check_inside(self, bucket_path: Path, resolved: Path, key: str) -> None:
+        # The bucket folder itself may be a link (to another disk): its target is the bucket.
         if not resolved.is_relative_to(bucket_path.resolve()):
             raise ObjectStoreError(f"key {key!r} resolves outside its bucket")
 
@@ -234,10 +246,11 @@ def _open_object(path: Path) -> BinaryIO:
 
 def _read_at_most(path: Path, max_bytes: int) -> bytes | None:
     with _open_object(path) as source:
-        if os.fstat(source.fileno()).st_size > max_bytes:
+        size = os.fstat(source.fileno()).st_size
+        if size > max_bytes:
             return None
-        # Read one byte more than allowed: a file growing under us is still refused.
-        data = source.read(max_bytes + 1)
+        # One byte more than the size seen: a file that grew after fstat is still caught.
+        data = source.read(size + 1)
     return None if len(data) > max_bytes else data
 
 

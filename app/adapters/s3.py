@@ -6,6 +6,7 @@ import asyncio
 import collections
 import contextlib
 import io
+import mmap
 from collections.abc import AsyncIterator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Self
@@ -13,7 +14,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Self
 import aioboto3
 import aiohttp
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    NoCredentialsError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
 
 from app.adapters.ports import BucketNotFound, ObjectInfo, ObjectNotFound, ObjectStoreError
 
@@ -39,8 +46,8 @@ _VENDOR_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, TimeoutError)
 def _read_up_to(fileobj: BinaryIO, size: int) -> bytes:
     """Read `size` bytes unless the file ends first; runs in a thread.
 
-    A pipe or socket may return short reads before its end, so one `read()` is not enough to
-    fill a multipart part (S3 rejects non-final parts under 5 MiB).
+    A pipe may return short reads before its end, and one short read must not pass for "the
+    file is smaller than the multipart threshold".
     """
     chunks: list[bytes] = []
     remaining = size
@@ -113,17 +120,18 @@ class _PartSource:
     """Cuts a sync file into multipart parts without copying them and without allocation churn.
 
     The head read to choose between one PUT and multipart is handed out as views of itself.
-    Later parts are read (in a thread) into at most `max_concurrency + 1` reused buffers: parts
-    allocated per read in worker threads ended up cached in per-thread malloc arenas, and RSS
-    grew well past the bytes actually in flight.
+    Later parts are read (in a thread) into at most `max_concurrency + 1` reused buffers. They
+    are anonymous mmaps, not bytes: parts allocated per read in worker threads stayed cached in
+    per-thread malloc arenas (RSS grew past the bytes in flight), and an untouched mmap page
+    costs nothing, so the final read that only finds the end of the file uses no memory.
     """
 
     def __init__(self, fileobj: BinaryIO, part_size: int, head: bytes) -> None:
         self._fileobj = fileobj
         self._part_size = part_size
-        self._free: list[bytearray] = []
+        self._free: list[mmap.mmap] = []
         whole = len(head) - len(head) % part_size
-        self._queued: collections.deque[tuple[memoryview, bytearray | None]] = collections.deque(
+        self._queued: collections.deque[tuple[memoryview, mmap.mmap | None]] = collections.deque(
             (memoryview(head)[start : start + part_size], None)
             for start in range(0, whole, part_size)
         )
@@ -134,7 +142,7 @@ class _PartSource:
         """Queue the next part read from the file; False if the file had no more bytes."""
         if self._eof:
             return False
-        buffer = self._free.pop() if self._free else bytearray(self._part_size)
+        buffer = self._free.pop() if self._free else mmap.mmap(-1, self._part_size)
         view = memoryview(buffer)
         carried = len(self._carry)
         view[:carried] = self._carry
@@ -149,13 +157,13 @@ class _PartSource:
         self._queued.append((view[:filled], buffer))
         return True
 
-    async def next_part(self) -> tuple[memoryview, bytearray | None] | None:
+    async def next_part(self) -> tuple[memoryview, mmap.mmap | None] | None:
         """The next part and the buffer to give back once it is sent; None at the end."""
         if not self._queued and not await self.read_next():
             return None
         return self._queued.popleft()
 
-    def give_back(self, buffer: bytearray | None) -> None:
+    def give_back(self, buffer: mmap.mmap | None) -> None:
         if buffer is not None:
             self._free.append(buffer)
 
@@ -185,7 +193,6 @@ class S3ObjectStore:
         if multipart_threshold < 0:
             raise ValueError("multipart_threshold must not be negative")
         self._endpoint_url = endpoint_url
-        self._region = region
         self._max_concurrency = max_concurrency
         self._multipart_threshold = multipart_threshold
         self._part_size = part_size
@@ -299,11 +306,19 @@ class S3ObjectStore:
                     raise ObjectStoreError(
                         f"{where} is {size} bytes, over the {max_bytes}-byte limit"
                     )
-                # Bounded read: a server that lies about ContentLength still cannot flood memory.
-                data: bytes = await body.read(max_bytes + 1)
-                if len(data) > max_bytes:
+                # read(n) returns whatever has arrived, up to n: loop, but never past the limit,
+                # so a server that lies about ContentLength still cannot flood memory.
+                chunks: list[bytes] = []
+                received = 0
+                while received <= max_bytes:
+                    chunk = await body.read(min(DOWNLOAD_CHUNK_BYTES, max_bytes + 1 - received))
+                    if not chunk:
+                        break
+                    chunks.append(chunk)
+                    received += len(chunk)
+                if received > max_bytes:
                     raise ObjectStoreError(f"{where} is over the {max_bytes}-byte limit")
-                return data
+                return b"".join(chunks)
 
     # ------------------------------------------------------------------ writes
     async def put_bytes(
@@ -354,7 +369,7 @@ class S3ObjectStore:
         total = 0
 
         async def send_part(
-            number: int, data: memoryview, buffer: bytearray | None
+            number: int, data: memoryview, buffer: mmap.mmap | None
         ) -> dict[str, Any]:
             try:
                 response = await client.upload_part(
@@ -366,7 +381,6 @@ class S3ObjectStore:
                     ChecksumAlgorithm=CHECKSUM_ALGORITHM,
                 )
             finally:
-                del data
                 parts.give_back(buffer)
             part = {"PartNumber": number, "ETag": response["ETag"]}
             if CHECKSUM_MEMBER in response:
@@ -449,10 +463,16 @@ class S3ObjectStore:
                     f"bucket policy ({message})"
                 )
             return ObjectStoreError(f"could not {action}: S3 answered {code}: {message}")
-        if isinstance(exc, _VENDOR_ERRORS):
-            endpoint = self._endpoint_url or "the AWS S3 endpoint"
-            return ObjectStoreError(f"could not {action}: {endpoint} failed: {exc}")
-        return ObjectStoreError(f"could not {action}: {exc}")
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return ObjectStoreError(
+                f"could not {action}: no usable AWS credentials (checked the environment, "
+                f"the shared config files and the instance role): {exc}"
+            )
+        if isinstance(exc, ParamValidationError):
+            # Caught before anything is sent: a bucket name or key S3 would refuse anyway.
+            return ObjectStoreError(f"could not {action}: {exc}")
+        endpoint = self._endpoint_url or "AWS S3"
+        return ObjectStoreError(f"could not {action}: no good answer from {endpoint}: {exc}")
 
 
 def _error_code(exc: ClientError) -> str:

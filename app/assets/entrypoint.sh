@@ -6,11 +6,13 @@
 #   command.sh                   the user's command, run as `/bin/sh command.sh`, stdin /dev/null
 #   stdout.log, stderr.log       the first TASKDEPLOY_LOG_LIMIT bytes of each stream
 #   stdout.total, stderr.total   every byte each stream produced, as one decimal number
-#   metrics.tsv                  `start T`, `s T CPU_NS MEM`, `f T CPU_NS PEAK`, `exit CODE`,
-#                                or `nocgroup` instead of s/f (parsed by app/services/metrics.py)
+#   metrics.tsv                  `start T CPU_NS`, `s T CPU_NS MEM`, `f T CPU_NS PEAK`, `exit CODE`;
+#                                `start T` and `nocgroup` without cgroup counters (the format is
+#                                described and parsed in app/services/metrics.py)
 # The `exit` line is written last: when it is present, every other file is complete.
 #
-# Portable to busybox ash, dash and bash: shell builtins plus sleep, head, wc, tee, cat, mkfifo, rm.
+# Portable to busybox ash, dash and bash: shell builtins plus sleep, dd, wc, mkfifo, rm (and
+# head, tee, cat where dd is too old).
 # Every variable is prefixed td_ because assigning to a name the job's environment exported
 # would change what the command sees. Redirections that may fail stay on simple commands
 # (`read`, `printf`): POSIX lets a shell exit on a failed redirection of a compound command.
@@ -25,8 +27,8 @@ case $td_limit in '' | *[!0-9]*) td_limit=10485760 ;; esac
 td_interval=${TASKDEPLOY_METRICS_INTERVAL:-1}
 case $td_interval in '' | . | *[!0-9.]* | *.*.*) td_interval=1 ;; esac
 case $td_interval in *[1-9]*) ;; *) td_interval=0 ;; esac
-# Test hook: lets a test point the sampler at a fake cgroup tree.
-td_cg=${TASKDEPLOY_CGROUP_ROOT:-/sys/fs/cgroup}
+# Test hook: points the sampler at a fake cgroup tree.
+td_cg=${TASKDEPLOY_TEST_CGROUP_ROOT:-/sys/fs/cgroup}
 td_metrics=$td_dir/metrics.tsv
 
 # --------------------------------------------------------------------------- cgroup counters
@@ -94,7 +96,9 @@ sample_loop() {
     trap 'kill "$!" 2>/dev/null; exit 0' TERM
     while :; do
         sleep "$td_interval" &
-        wait "$!"
+        # A sleep that refuses fractions (busybox built without them) fails at once: without
+        # this the loop would spin.
+        wait "$!" || td_interval=1
         write_sample 2>/dev/null
     done
 }
@@ -118,7 +122,12 @@ read_stat() {
 # exits, so nothing is lost that a plain container would keep. Only orphans (parent PID 1) of
 # our own session count, and only when this script is the container's main process, so running
 # the script by hand on a host cannot touch anything else.
+# With the argument `all`, every process of the session but ours goes, orphan or not: that is
+# how a stop request (SIGTERM from `docker stop` or the service) ends the command while the
+# log readers live on to flush what they hold.
 kill_strays() {
+    td_doomed=
+    [ "${1:-orphans}" != all ] || td_doomed="$$"
     [ "$$" = 1 ] || [ "$PPID" = 1 ] || return 0
     read_stat "$$" || return 0
     td_own_session=$td_session
@@ -131,9 +140,17 @@ kill_strays() {
             td_pid=${td_proc#/proc/}
             case " 1 $$ $td_keep " in *" $td_pid "*) continue ;; esac
             read_stat "$td_pid" || continue
-            if [ "$td_parent" = 1 ] && [ "$td_session" = "$td_own_session" ] &&
+            # In `all` mode the command and, transitively, its children go too (their parent
+            # may not have been reparented to 1 yet when the next pass looks).
+            case " $td_doomed " in
+                *" $td_parent "*) td_doomed_child=1 ;;
+                *) td_doomed_child=0 ;;
+            esac
+            if { [ "$td_parent" = 1 ] || [ "$td_doomed_child" = 1 ]; } &&
+                [ "$td_session" = "$td_own_session" ] &&
                 [ "$td_state" != Z ] && kill -9 "$td_pid" 2>/dev/null; then
                 td_killed=1
+                td_doomed="$td_doomed $td_pid"
             fi
         done
         [ "$td_killed" = 1 ] || return 0
@@ -141,12 +158,17 @@ kill_strays() {
 }
 
 # --------------------------------------------------------------------------- run
-read_clock
-printf 'start %s\n' "$td_now" >"$td_metrics" || exit 125
+is_count() {
+    case $1 in '' | *[!0-9]*) return 1 ;; esac
+}
 
+read_clock
 td_sampler=
 if read_counters 2>/dev/null; then
     td_have_cgroup=1
+    # The CPU time the container used before the command starts (runc, the init, this shell):
+    # the parser counts from here.
+    printf 'start %s %s\n' "$td_now" "$td_cpu" >"$td_metrics" || exit 125
     if [ "$td_interval" != 0 ]; then
         printf 's %s %s %s\n' "$td_now" "$td_cpu" "$td_mem" >>"$td_metrics"
         # Started before any other background job, so the loop never sees a foreign $!.
@@ -155,50 +177,96 @@ if read_counters 2>/dev/null; then
     fi
 else
     td_have_cgroup=0
-    printf 'nocgroup\n' >>"$td_metrics"
+    printf 'start %s\nnocgroup\n' "$td_now" >"$td_metrics" || exit 125
 fi
 
-# Each stream goes: command -> NAME.fifo -> tee -> wc (counts every byte)
-#                                             \-> NAME.copy -> head (keeps the first bytes), cat
-# A single `{ head -c N; wc -c; } <fifo` would miscount: busybox head reads ahead through stdio
-# and the bytes it buffered past N are lost. The `cat` drains the copy so tee never blocks.
-# The pipes live on the workspace volume because /tmp may be a tiny tmpfs.
+# Each stream goes command -> NAME.fifo -> reader, the pipe on the workspace volume because /tmp
+# may be a tiny tmpfs. The reader keeps the first LIMIT bytes in NAME.log and counts the rest
+# without storing it, so the command never blocks on a full log.
+# `{ head -c N; wc -c; } <fifo` would be simpler, but busybox head reads ahead through stdio and
+# the bytes it buffered past N would be missing from the count. dd with count_bytes reads no
+# further than N (busybox and GNU alike); where dd lacks it, tee hands every byte to wc while
+# head takes the first bytes from a copy that cat drains (as exact, but slower).
+# TASKDEPLOY_TEST_LOG_SPLIT=tee is a test hook: busybox sh runs its own dd whatever PATH says.
+if [ "${TASKDEPLOY_TEST_LOG_SPLIT:-}" != tee ] &&
+    dd if=/dev/null of=/dev/null bs=1 count=0 iflag=count_bytes,fullblock 2>/dev/null; then
+    td_split="dd"
+else
+    td_split="tee"
+fi
 td_readers=
 for td_stream in stdout stderr; do
-    rm -f "$td_dir/$td_stream.fifo" "$td_dir/$td_stream.copy"
-    if ! mkfifo "$td_dir/$td_stream.fifo" "$td_dir/$td_stream.copy"; then
+    td_log=$td_dir/$td_stream.log
+    td_fifo=$td_dir/$td_stream.fifo
+    td_copy=$td_dir/$td_stream.copy
+    rm -f "$td_fifo" "$td_copy"
+    if ! mkfifo "$td_fifo" || { [ "$td_split" = tee ] && ! mkfifo "$td_copy"; }; then
         echo "taskdeploy entrypoint: cannot create pipes in $td_dir" >&2
         [ -z "$td_sampler" ] || kill "$td_sampler"
         exit 125
     fi
-    { tee "$td_dir/$td_stream.copy" | wc -c >"$td_dir/$td_stream.total"; } <"$td_dir/$td_stream.fifo" &
-    td_readers="$td_readers $!"
-    { head -c "$td_limit" >"$td_dir/$td_stream.log"; cat >/dev/null; } <"$td_dir/$td_stream.copy" &
-    td_readers="$td_readers $!"
+    if [ "$td_split" = dd ]; then
+        {
+            dd bs=65536 count="$td_limit" iflag=count_bytes,fullblock >"$td_log" 2>/dev/null
+            wc -c >"$td_dir/$td_stream.rest"
+        } <"$td_fifo" &
+        td_readers="$td_readers $!"
+    else
+        { tee "$td_copy" | wc -c >"$td_dir/$td_stream.total"; } <"$td_fifo" &
+        td_readers="$td_readers $!"
+        { head -c "$td_limit" >"$td_log"; cat >/dev/null; } <"$td_copy" &
+        td_readers="$td_readers $!"
+    fi
 done
 td_keep="$td_sampler $td_readers"
 
-/bin/sh "$td_dir/command.sh" </dev/null >"$td_dir/stdout.fifo" 2>"$td_dir/stderr.fifo"
+# The command runs in the background so that a TERM can be handled while it runs (a shell
+# defers traps until its foreground command ends): the trap kills the command's processes and
+# the script goes on to flush the logs and write the final sample.
+td_stopping=0
+trap 'td_stopping=1; kill_strays all' TERM INT
+/bin/sh "$td_dir/command.sh" </dev/null >"$td_dir/stdout.fifo" 2>"$td_dir/stderr.fifo" &
+td_command=$!
+wait "$td_command"
 td_code=$?
+if [ "$td_stopping" = 1 ]; then
+    # `wait` was interrupted by the trap; this one collects the command's own status.
+    wait "$td_command" 2>/dev/null
+    td_code=$?
+    [ "$td_code" != 127 ] || td_code=143
+fi
+trap - TERM INT
 
 if [ -n "$td_sampler" ]; then
     kill "$td_sampler" 2>/dev/null
     wait "$td_sampler"
 fi
-kill_strays
+kill_strays orphans
 # shellcheck disable=SC2086 # a list of PIDs
 wait $td_readers
-rm -f "$td_dir/stdout.fifo" "$td_dir/stdout.copy" "$td_dir/stderr.fifo" "$td_dir/stderr.copy"
 
-# wc may pad its number (read strips the blanks); store it bare.
+# The totals, as bare numbers: wc may pad them with blanks.
 for td_stream in stdout stderr; do
     td_total=
-    read -r td_total 2>/dev/null <"$td_dir/$td_stream.total"
-    case $td_total in
-        '' | *[!0-9]*) rm -f "$td_dir/$td_stream.total" ;;
-        *) printf '%s\n' "$td_total" >"$td_dir/$td_stream.total" ;;
-    esac
+    if [ "$td_split" = dd ]; then
+        td_kept=$(wc -c 2>/dev/null <"$td_dir/$td_stream.log")
+        td_kept=${td_kept##* }
+        td_rest=
+        read -r td_rest 2>/dev/null <"$td_dir/$td_stream.rest"
+        rm -f "$td_dir/$td_stream.rest"
+        if is_count "$td_kept" && is_count "$td_rest"; then
+            td_total=$((td_kept + td_rest))
+        fi
+    else
+        read -r td_total 2>/dev/null <"$td_dir/$td_stream.total"
+    fi
+    if is_count "$td_total"; then
+        printf '%s\n' "$td_total" >"$td_dir/$td_stream.total"
+    else
+        rm -f "$td_dir/$td_stream.total"
+    fi
 done
+rm -f "$td_dir/stdout.fifo" "$td_dir/stdout.copy" "$td_dir/stderr.fifo" "$td_dir/stderr.copy"
 
 if [ "$td_have_cgroup" = 1 ]; then
     read_clock

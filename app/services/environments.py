@@ -89,7 +89,11 @@ class EnvironmentImages:
     ) -> None:
         self.runtime = runtime
         self.sessionmaker = sessionmaker
-        self.template_version = template_version
+        # The template's own bytes are part of the key: editing it retires every cached image.
+        template_digest = hashlib.sha256(
+            _asset("Dockerfile.env") + b"\0" + _asset("install-packages.sh")
+        ).hexdigest()[:16]
+        self.template_version = f"{template_version}:{template_digest}"
         self.build_timeout = build_timeout
         self._builds: dict[str, asyncio.Task[EnvironmentImageRef]] = {}
         self.hits = 0

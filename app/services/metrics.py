@@ -88,11 +88,15 @@ def parse_metrics_tsv(text: str) -> MetricsReport:
     """Parse the `metrics.tsv` written by `app/assets/entrypoint.sh`.
 
     Lines, fields separated by blanks:
-        start T          once, just before the command starts (T: /proc/uptime seconds)
+        start T CPU_NS   once, just before the command starts (T: /proc/uptime seconds; CPU_NS:
+                         the cgroup's CPU time so far, left out when there is no cgroup)
         s T CPU_NS MEM   a sample: cgroup CPU time (ns, since the container started), memory bytes
         f T CPU_NS PEAK  after the command: exact CPU time and peak memory
         exit CODE        the command's exit status, written last
         nocgroup         no cgroup counters were readable: no s or f lines follow
+
+    CPU time counts from the start line (or the first sample), so the container's own start-up
+    (runc, the init, the shell: some 30 ms) does not weigh on short runs.
 
     Anything else is ignored: a last line without its newline (cut short), unknown or malformed
     lines, repeated start/f/exit lines (the first counts) and samples that do not move forward in
@@ -100,6 +104,7 @@ def parse_metrics_tsv(text: str) -> MetricsReport:
     largest sample's memory stand in. A CPU counter that goes backwards counts as no change.
     """
     start: float | None = None
+    start_cpu_ns: int | None = None
     samples: list[_Reading] = []
     final: _Reading | None = None
     exit_code: int | None = None
@@ -111,6 +116,9 @@ def parse_metrics_tsv(text: str) -> MetricsReport:
         match fields:
             case ["start", t] if start is None:
                 start = _seconds(t)
+            case ["start", t, cpu] if start is None and _INT.fullmatch(cpu):
+                start = _seconds(t)
+                start_cpu_ns = int(cpu) if start is not None else None
             case ["s", t, cpu, mem]:
                 reading = _reading(t, cpu, mem)
                 if reading is not None and (not samples or reading.t > samples[-1].t):
@@ -132,14 +140,17 @@ def parse_metrics_tsv(text: str) -> MetricsReport:
         final = None
     if nocgroup or (not samples and final is None):
         return MetricsReport([], _empty_summary(), exit_code, SOURCE_NONE)
-    return _report(origin, samples, final, exit_code, SOURCE_CGROUP)
+    if start_cpu_ns is None and samples:
+        start_cpu_ns = samples[0].cpu_ns
+    return _report(origin, start_cpu_ns or 0, samples, final, exit_code, SOURCE_CGROUP)
 
 
 def report_from_stats(samples: list[tuple[float, int, int]]) -> MetricsReport:
     """Build a report from Docker's stats stream, for images the entrypoint cannot run in.
 
     Each sample is (t: seconds since the run started, cumulative CPU ns of the container,
-    memory bytes). Samples that do not move forward in time are ignored.
+    memory bytes). Samples that do not move forward in time are ignored. With no reading at the
+    start, CPU time counts from zero: the container's start-up is included.
     """
     readings: list[_Reading] = []
     for t, cpu_ns, memory_bytes in samples:
@@ -147,11 +158,12 @@ def report_from_stats(samples: list[tuple[float, int, int]]) -> MetricsReport:
             readings.append(_Reading(float(t), max(cpu_ns, 0), max(memory_bytes, 0)))
     if not readings:
         return MetricsReport([], _empty_summary(), None, SOURCE_NONE)
-    return _report(0.0, readings, None, None, SOURCE_DOCKER_STATS)
+    return _report(0.0, 0, readings, None, None, SOURCE_DOCKER_STATS)
 
 
 def _report(
     origin: float,
+    origin_cpu_ns: int,
     samples: list[_Reading],
     final: _Reading | None,
     exit_code: int | None,
@@ -174,8 +186,7 @@ def _report(
         for i, r in enumerate(readings[: len(samples)])
     ]
     wall = max(readings[-1].t - origin, 0.0)
-    # The counter is cumulative since the container started: its last value is the total.
-    cpu_seconds = readings[-1].cpu_ns / _NS_PER_SECOND
+    cpu_seconds = max(readings[-1].cpu_ns - origin_cpu_ns, 0) / _NS_PER_SECOND
     # A run shorter than one clock tick still ran for some time: avoid dividing by zero.
     cpu_avg = cpu_seconds / max(wall, CLOCK_RESOLUTION_SECONDS) * 100
     rates = [

@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 Outcome = Literal["exited", "timed_out", "cancelled"]
 MANAGED_LABELS = ("taskdeploy.managed", "taskdeploy.instance", "taskdeploy.run_id")
 STOP_WAIT_SECONDS = 30.0
+STOP_GRACE_SECONDS = 5.0
 
 
 class RunAborted(Exception):
@@ -336,9 +337,24 @@ class RunExecutor:
                 raise waited.exception()  # type: ignore[misc]
             return "exited"
         outcome: Outcome = "cancelled" if cancelled in done else "timed_out"
-        await self.runtime.kill(container_id)
-        await asyncio.wait_for(self.runtime.wait(container_id), STOP_WAIT_SECONDS)
+        await self._stop(container_id, died)
         return outcome
+
+    async def _stop(self, container_id: str, died: asyncio.Future[Any]) -> None:
+        """SIGTERM first so the wrapper can flush the logs and write its final sample, then
+        SIGKILL whatever is still running after the grace period."""
+        await self.runtime.kill(container_id, "SIGTERM")
+        waited = asyncio.ensure_future(self.runtime.wait(container_id))
+        try:
+            done, _ = await asyncio.wait(
+                {died, waited}, timeout=STOP_GRACE_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                await self.runtime.kill(container_id, "SIGKILL")
+                await asyncio.wait_for(asyncio.shield(waited), STOP_WAIT_SECONDS)
+        finally:
+            if not waited.done():
+                waited.cancel()
 
     # ------------------------------------------------------------------ 7. harvest and upload
     async def _finish(self, run: Run, container_id: str, outcome: Outcome) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import subprocess
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +17,7 @@ from tests.e2e.harness import (
     DEBIAN,
     TERMINAL,
     Service,
+    docker_ids,
     make_run,
     run_to_end,
     wait_for_state,
@@ -151,6 +154,21 @@ async def test_timeout_kills_and_still_harvests(
     assert "time limit" in run["status_reason"]
 
 
+async def wait_for_file_in_container(run_id: str, path: str, deadline_s: float = 30) -> None:
+    """Polls the run's container until the command has written `path`."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        ids = docker_ids("ps", "-q", "--filter", f"label=taskdeploy.run_id={run_id}")
+        if ids:
+            probe = subprocess.run(
+                ["docker", "exec", ids[0], "test", "-s", path], capture_output=True, check=False
+            )
+            if probe.returncode == 0:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{path} did not appear in the container of run {run_id}")
+
+
 async def test_cancel_running_kills_and_harvests(
     client: httpx.AsyncClient, s3_client: Any, bucket: str
 ) -> None:
@@ -158,6 +176,7 @@ async def test_cancel_running_kills_and_harvests(
     resp = await client.post("/v1/runs", json=make_run(f"s3://{bucket}/o", command=command))
     run_id = resp.json()["id"]
     await wait_for_state(client, run_id, {"running"})
+    await wait_for_file_in_container(run_id, "/workspace/output/kept.txt")
     cancel = await client.post(f"/v1/runs/{run_id}/cancel")
     assert cancel.status_code == 202, cancel.text
     run = await wait_for_state(client, run_id, TERMINAL, 60)

@@ -26,6 +26,9 @@ TEST_LABEL = "taskdeploy.test=entrypoint"
 DEFAULT_LOG_LIMIT = 10 * 1024 * 1024
 DOCKER_DEADLINE_S = 60.0
 RESULT_FILES = ("metrics.tsv", "stdout.log", "stderr.log", "stdout.total", "stderr.total")
+# Where dd lacks iflag=count_bytes (old busybox) the entrypoint splits logs with tee; the hook
+# forces that path, since busybox sh runs its own dd applet whatever PATH says.
+TEE_SPLIT_ENV = {"TASKDEPLOY_TEST_LOG_SPLIT": "tee"}
 
 
 @dataclass
@@ -67,7 +70,8 @@ def workspace_tar(command: str, extra: dict[str, bytes] | None = None) -> bytes:
                 info.type, info.mode = tarfile.DIRTYPE, 0o755
                 tar.addfile(info)
             else:
-                info.size, info.mode = len(data), 0o644
+                info.size = len(data)
+                info.mode = 0o755 if name.startswith("bin/") else 0o644
                 tar.addfile(info, io.BytesIO(data))
 
         for directory in (".", ".taskdeploy", "input", "output"):
@@ -178,8 +182,18 @@ def test_stdout_and_stderr_are_kept_apart_byte_for_byte(image: str) -> None:
     assert job.fifos == []
 
 
+each_splitter = pytest.mark.parametrize("splitter", ["dd", "tee"])
+
+
+def splitter_env(splitter: str) -> dict[str, str]:
+    return TEE_SPLIT_ENV if splitter == "tee" else {}
+
+
 @each_image
-def test_a_capped_stream_keeps_its_first_bytes_and_counts_them_all(image: str) -> None:
+@each_splitter
+def test_a_capped_stream_keeps_its_first_bytes_and_counts_them_all(
+    image: str, splitter: str
+) -> None:
     # 1000 lines of 1000 bytes on each stream; the first line is all zeros.
     command = """
 i=0
@@ -191,7 +205,7 @@ done
 echo finished > "$OUTPUT_DIR/done"
 """
 
-    job = run_job(image, command, log_limit=1000)
+    job = run_job(image, command, log_limit=1000, env=splitter_env(splitter))
 
     assert job.status == 0
     assert job.result("stdout.log") == b"0" * 999 + b"\n"
@@ -204,10 +218,13 @@ echo finished > "$OUTPUT_DIR/done"
 
 
 @each_image
-def test_two_gigabytes_of_stdout_are_drained_quickly_in_little_memory(image: str) -> None:
+@each_splitter
+def test_two_gigabytes_of_stdout_are_drained_quickly_in_little_memory(
+    image: str, splitter: str
+) -> None:
     command = "dd if=/dev/zero bs=1000000 count=2000 2>/dev/null; echo tail >&2"
 
-    job = run_job(image, command, deadline=240)
+    job = run_job(image, command, env=splitter_env(splitter), deadline=240)
 
     assert job.status == 0
     assert job.total("stdout") == 2_000_000_000
@@ -218,11 +235,26 @@ def test_two_gigabytes_of_stdout_are_drained_quickly_in_little_memory(image: str
     assert report.summary.peak_memory_bytes < 64 * 1024 * 1024
     rate = 2_000 / report.summary.wall_seconds
     print(
-        f"\n{image}: 2 GB stdout in {report.summary.wall_seconds:.2f} s inside the container "
+        f"\n{image}, {splitter}: 2 GB stdout in {report.summary.wall_seconds:.2f} s inside the container "
         f"({job.seconds:.2f} s for docker start -a), {rate:.0f} MB/s, "
         f"peak memory {report.summary.peak_memory_bytes / 2**20:.1f} MiB, "
         f"{report.summary.cpu_seconds:.2f} CPU s"
     )
+
+
+def test_a_dd_without_count_bytes_switches_to_the_tee_split() -> None:
+    # Debian's sh is dash, which takes dd from PATH: a stand-in that refuses every operand.
+    stand_in = b'#!/bin/sh\n: >"$0.called"\nexit 1\n'
+    path = "/workspace/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    job = run_job(
+        DEBIAN, "seq 1 100000", log_limit=10, extra={"bin/dd": stand_in}, env={"PATH": path}
+    )
+
+    assert "bin/dd.called" in job.files
+    assert job.result("stdout.log") == b"1\n2\n3\n4\n5\n"
+    assert job.total("stdout") == 588895
+    assert job.status == 0
 
 
 # --------------------------------------------------------------------------- metrics
@@ -270,7 +302,7 @@ def test_sampling_off_writes_no_samples_but_the_final_line() -> None:
 
 
 def test_no_readable_cgroup_is_reported_once_with_no_samples() -> None:
-    job = run_job(BUSYBOX, "exit 3", env={"TASKDEPLOY_CGROUP_ROOT": "/nonexistent"})
+    job = run_job(BUSYBOX, "exit 3", env={"TASKDEPLOY_TEST_CGROUP_ROOT": "/nonexistent"})
 
     assert job.metric_lines[1:] == ["nocgroup", "exit 3"]
     assert job.report.source == SOURCE_NONE
@@ -305,7 +337,7 @@ def test_other_cgroup_layouts_are_read(
 ) -> None:
     job = run_job(
         image, "sleep 0.5", interval="0.2", extra=tree,
-        env={"TASKDEPLOY_CGROUP_ROOT": "/workspace/fakecg"},
+        env={"TASKDEPLOY_TEST_CGROUP_ROOT": "/workspace/fakecg"},
     )  # fmt: skip
 
     samples = [line.split() for line in job.metric_lines if line.startswith("s ")]
@@ -313,7 +345,10 @@ def test_other_cgroup_layouts_are_read(
     assert len(samples) >= 2
     assert {(s[2], s[3]) for s in samples} == {(str(cpu_ns), str(memory))}
     assert final[2:] == [str(cpu_ns), str(peak)]
-    assert job.report.summary.cpu_seconds == cpu_ns / 1e9
+    assert job.metric_lines[0].split()[2] == str(cpu_ns)
+    # The fake counters stand still: no CPU time between start and end.
+    assert job.report.summary.cpu_seconds == 0.0
+    assert job.report.summary.peak_memory_bytes == peak
 
 
 # --------------------------------------------------------------------------- the command
@@ -374,17 +409,27 @@ def test_results_belong_to_the_job_user_and_no_pipes_remain() -> None:
     job = run_job(BUSYBOX, "echo hi; echo ho >&2")
 
     assert job.fifos == []
+    assert sorted(name for name in job.files if name.startswith(".taskdeploy/")) == sorted(
+        f".taskdeploy/{name}" for name in ("entrypoint.sh", "command.sh", *RESULT_FILES)
+    )
     assert {name: job.owners[f".taskdeploy/{name}"] for name in RESULT_FILES} == dict.fromkeys(
         RESULT_FILES, JOB_UID
     )
 
 
 # --------------------------------------------------------------------------- host shells
+def job_lines_cpu(td: Path) -> set[str]:
+    """The CPU figures on the start, sample and final lines of a metrics.tsv."""
+    lines = (td / "metrics.tsv").read_text().splitlines()
+    return {line.split()[2] for line in lines if line.split()[0] in ("start", "s", "f")}
+
+
 HOST_SHELLS = {"busybox": ["busybox", "sh"], "dash": ["dash"], "bash": ["bash"]}
 
 
 @pytest.mark.parametrize("shell", sorted(HOST_SHELLS))
-def test_each_shell_runs_it_on_the_host(shell: str, tmp_path: Path) -> None:
+@each_splitter
+def test_each_shell_runs_it_on_the_host(shell: str, splitter: str, tmp_path: Path) -> None:
     argv = HOST_SHELLS[shell]
     if shutil.which(argv[0]) is None:
         pytest.skip(f"{argv[0]} is not installed on this host")
@@ -396,10 +441,11 @@ def test_each_shell_runs_it_on_the_host(shell: str, tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     env = {
+        **splitter_env(splitter),
         "PATH": os.environ["PATH"],
         "TASKDEPLOY_LOG_LIMIT": "1000",
         "TASKDEPLOY_METRICS_INTERVAL": "0.1",
-        "TASKDEPLOY_CGROUP_ROOT": str(tmp_path / "fakecg"),
+        "TASKDEPLOY_TEST_CGROUP_ROOT": str(tmp_path / "fakecg"),
     }
 
     done = subprocess.run(
@@ -419,7 +465,7 @@ def test_each_shell_runs_it_on_the_host(shell: str, tmp_path: Path) -> None:
     assert (td / "stderr.total").read_text() == "2\n"
     report = parse_metrics_tsv((td / "metrics.tsv").read_text())
     assert report.exit_code == 9
-    assert report.summary.cpu_seconds == 1.5
+    assert job_lines_cpu(td) == {"1500000000"}
     assert sorted(p.name for p in td.iterdir()) == sorted(
         ["entrypoint.sh", "command.sh", *RESULT_FILES]
     )

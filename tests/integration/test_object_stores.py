@@ -344,6 +344,17 @@ async def test_get_bytes_refuses_an_object_over_the_limit(subject: StoreUnderTes
     assert await store.get_bytes(bucket, "big", max_bytes=1001) == b"x" * 1001
 
 
+async def test_get_bytes_returns_all_of_an_object_that_arrives_in_pieces(
+    subject: StoreUnderTest,
+) -> None:
+    store, bucket = subject.store, subject.bucket
+    data = os.urandom(3 * MiB + 5)  # far more than one network read delivers
+    await store.put_bytes(bucket, "blob", data)
+
+    assert await store.get_bytes(bucket, "blob", max_bytes=4 * MiB) == data
+    assert await store.get_bytes(bucket, "blob", max_bytes=len(data)) == data
+
+
 async def test_a_failing_upload_leaves_no_object_behind(
     subject: StoreUnderTest, tmp_path: Path
 ) -> None:

@@ -29,13 +29,14 @@ def percents(report: MetricsReport) -> list[float]:
 
 # --------------------------------------------------------------------------- complete runs
 def test_a_complete_run_gives_a_series_and_exact_totals() -> None:
+    ms = SEC // 1000
     report = parse_metrics_tsv(
         tsv(
-            "start 100.00",
-            f"s 100.00 {SEC // 100} {10 * MiB}",
-            f"s 100.50 {SEC // 100 + SEC // 4} {20 * MiB}",  # 0.25 s CPU in 0.5 s
-            f"s 101.00 {SEC // 100 + SEC // 4 + SEC // 2} {30 * MiB}",  # 0.5 s in 0.5 s
-            f"f 101.20 {SEC} {32 * MiB}",
+            f"start 100.00 {10 * ms}",
+            f"s 100.00 {10 * ms} {10 * MiB}",
+            f"s 100.50 {260 * ms} {20 * MiB}",  # 0.25 s of CPU in 0.5 s
+            f"s 101.00 {760 * ms} {30 * MiB}",  # 0.5 s in 0.5 s
+            f"f 101.20 {1000 * ms} {32 * MiB}",
             "exit 0",
         )
     )
@@ -48,9 +49,10 @@ def test_a_complete_run_gives_a_series_and_exact_totals() -> None:
     assert percents(report) == [0.0, 50.0, 100.0]
     s = report.summary
     assert s.samples == 3
-    assert s.cpu_seconds == 1.0
+    # Counted from the start line: the 10 ms the container used before it are not the job's.
+    assert s.cpu_seconds == pytest.approx(0.99)
     assert s.wall_seconds == pytest.approx(1.2)
-    assert s.cpu_percent_avg == pytest.approx(100 / 1.2)
+    assert s.cpu_percent_avg == pytest.approx(82.5)
     # The last window (101.00 -> 101.20) used 0.24 s of CPU in 0.2 s.
     assert s.cpu_percent_max == pytest.approx(120.0)
     # `f` carries the kernel's exact peak, above every sample.
@@ -83,7 +85,12 @@ def test_to_json_has_the_documented_shape() -> None:
 
 def test_a_short_run_with_only_the_first_sample_and_the_final_line_is_measured() -> None:
     report = parse_metrics_tsv(
-        tsv("start 700.00", "s 700.00 3000000 1200000", "f 700.05 4000000 1500000", "exit 0")
+        tsv(
+            "start 700.00 30000000",
+            "s 700.00 30000000 1200000",
+            "f 700.05 34000000 1500000",
+            "exit 0",
+        )
     )
 
     s = report.summary
@@ -91,23 +98,42 @@ def test_a_short_run_with_only_the_first_sample_and_the_final_line_is_measured()
     assert s.peak_memory_bytes == 1_500_000
     assert s.cpu_seconds == pytest.approx(0.004)
     assert s.wall_seconds == pytest.approx(0.05)
+    assert s.cpu_percent_avg == pytest.approx(8.0)
     assert s.samples == 1
 
 
 def test_sampling_off_leaves_start_and_final_and_the_average_is_the_only_window() -> None:
-    report = parse_metrics_tsv(tsv("start 10.00", f"f 12.00 {SEC} {5 * MiB}", "exit 3"))
+    report = parse_metrics_tsv(
+        tsv(f"start 10.00 {SEC // 10}", f"f 12.00 {SEC + SEC // 10} {5 * MiB}", "exit 3")
+    )
 
     s = report.summary
     assert report.series == []
     assert report.exit_code == 3
     assert s.samples == 0
+    assert s.cpu_seconds == pytest.approx(1.0)
     assert s.cpu_percent_avg == pytest.approx(50.0)
     assert s.cpu_percent_max == s.cpu_percent_avg
     assert s.peak_memory_bytes == 5 * MiB
 
 
+@pytest.mark.parametrize(
+    ("text", "cpu_seconds"),
+    [
+        # No CPU figure on the start line: the first sample is the baseline.
+        (tsv("start 1.0", f"s 1.0 {SEC // 2} 1", f"f 2.0 {SEC} 1"), 0.5),
+        # Neither: the counter is taken whole, container start-up included.
+        (tsv("start 1.0", f"f 2.0 {SEC} 1"), 1.0),
+        # A start figure above the final one is a glitch, not negative time.
+        (tsv(f"start 1.0 {2 * SEC}", f"f 2.0 {SEC} 1"), 0.0),
+    ],
+)
+def test_cpu_time_counts_from_the_best_baseline_there_is(text: str, cpu_seconds: float) -> None:
+    assert parse_metrics_tsv(text).summary.cpu_seconds == cpu_seconds
+
+
 def test_a_run_within_one_clock_tick_still_has_finite_rates() -> None:
-    report = parse_metrics_tsv(tsv("start 9.00", "f 9.00 2000000 900000", "exit 0"))
+    report = parse_metrics_tsv(tsv("start 9.00 1000000", "f 9.00 3000000 900000", "exit 0"))
 
     s = report.summary
     assert s.wall_seconds == 0.0
@@ -216,7 +242,7 @@ def test_garbage_and_repeated_lines_are_ignored() -> None:
 def test_a_cpu_counter_going_backwards_counts_as_no_change() -> None:
     report = parse_metrics_tsv(
         tsv(
-            "start 0.0",
+            f"start 0.0 {SEC}",
             f"s 0.0 {SEC} 1",
             f"s 1.0 {2 * SEC} 1",
             f"s 2.0 {SEC} 1",  # glitch: below the previous reading
@@ -227,7 +253,7 @@ def test_a_cpu_counter_going_backwards_counts_as_no_change() -> None:
 
     # The window after the glitch is measured from the highest reading, not from the glitch.
     assert percents(report) == [0.0, 100.0, 0.0, 100.0]
-    assert report.summary.cpu_seconds == 3.0
+    assert report.summary.cpu_seconds == 2.0
     assert report.summary.cpu_percent_max == pytest.approx(100.0)
 
 
