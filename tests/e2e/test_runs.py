@@ -19,6 +19,7 @@ from tests.e2e.harness import (
     Service,
     docker_ids,
     make_run,
+    pg_s3_env,
     run_to_end,
     wait_for_state,
 )
@@ -192,8 +193,6 @@ async def test_cancel_running_kills_and_harvests(
 async def test_cancel_queued_run(
     service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
 ) -> None:
-    from tests.e2e.harness import pg_s3_env
-
     idle = service_factory(
         {**pg_s3_env(pg_database, s3_endpoint), "TASKDEPLOY_WORKERS_ENABLED": "false"}
     )
@@ -399,3 +398,21 @@ async def test_bad_default_base_image_alias(client: httpx.AsyncClient, bucket: s
     resp = await client.post("/v1/runs", json=make_run(f"s3://{bucket}/o", image="alpine:3"))
     assert resp.status_code == 422
     assert resp.json()["error"]["field"] == "image"
+
+
+async def test_runs_beyond_max_concurrency_wait_in_queued(
+    service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
+) -> None:
+    service = service_factory(
+        {**pg_s3_env(pg_database, s3_endpoint), "TASKDEPLOY_MAX_CONCURRENT_RUNS": "1"}
+    )
+    async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as c:
+        first = (
+            await c.post("/v1/runs", json=make_run(f"s3://{bucket}/o", command="sleep 30"))
+        ).json()
+        second = (await c.post("/v1/runs", json=make_run(f"s3://{bucket}/o"))).json()
+        await wait_for_state(c, first["id"], {"running"})
+        assert (await c.get(f"/v1/runs/{second['id']}")).json()["state"] == "queued"
+        await c.post(f"/v1/runs/{first['id']}/cancel")
+        done = await wait_for_state(c, second["id"], TERMINAL, 60)
+        assert done["state"] == "succeeded"

@@ -1,0 +1,106 @@
+"""Environment images on the real engine: one build per key, shared by concurrent requests."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app import migrate
+from app.adapters.docker import DockerRuntime
+from app.adapters.ports import BuildResult
+from app.db import create_engine, create_sessionmaker
+from app.repositories import EnvironmentImageRepository
+from app.services.environments import (
+    EnvironmentImages,
+    EnvironmentUnavailable,
+    build_context,
+    environment_key,
+)
+
+
+class CountingRuntime(DockerRuntime):
+    """The real Docker adapter, counting the builds it is asked for."""
+
+    builds = 0
+
+    async def build_image(
+        self, context_tar: BinaryIO, *, tag: str, labels: dict[str, str], buildargs: dict[str, str]
+    ) -> BuildResult:
+        self.builds += 1
+        return await super().build_image(context_tar, tag=tag, labels=labels, buildargs=buildargs)
+
+
+@pytest.fixture
+async def sessionmaker(tmp_path: Path) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'env.db'}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    engine = create_engine(url)
+    yield create_sessionmaker(engine)
+    await engine.dispose()
+
+
+@pytest.fixture
+async def runtime() -> AsyncIterator[CountingRuntime]:
+    docker = CountingRuntime()
+    yield docker
+    await docker.close()
+
+
+async def test_concurrent_requests_for_one_key_share_one_build(
+    runtime: CountingRuntime, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    # A template version unique to this test gives a key no earlier run has built.
+    images = EnvironmentImages(
+        runtime, sessionmaker, template_version=f"test-{uuid.uuid4()}", build_timeout=120
+    )
+    key, base_id = await images.resolve_key("busybox:latest", [])
+    try:
+        refs = await asyncio.gather(
+            *(images.ensure(key, base_id, "busybox:latest", []) for _ in range(5))
+        )
+        assert runtime.builds == 1
+        assert len({r.image_id for r in refs}) == 1
+        assert not refs[0].cached
+        again = await images.ensure(key, base_id, "busybox:latest", [])
+        assert again.cached and again.image_id == refs[0].image_id
+        assert runtime.builds == 1
+        async with sessionmaker() as session:
+            row = await EnvironmentImageRepository(session).get(key)
+        assert row is not None and row.image_id == refs[0].image_id
+    finally:
+        subprocess.run(["docker", "rmi", "-f", images.tag_for(key)], capture_output=True)
+
+
+async def test_missing_base_image_is_reported_not_pulled(
+    runtime: CountingRuntime, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    images = EnvironmentImages(runtime, sessionmaker, template_version="1", build_timeout=60)
+    with pytest.raises(EnvironmentUnavailable, match="not present on the Docker engine"):
+        await images.resolve_key(f"taskdeploy-missing-{uuid.uuid4().hex}:latest", [])
+    assert runtime.builds == 0
+
+
+def test_key_depends_on_sorted_packages_not_their_order() -> None:
+    a = environment_key("sha256:base", ["jq", "curl"], "1")
+    assert a == environment_key("sha256:base", ["curl", "jq", "jq"], "1")
+    assert a != environment_key("sha256:base", ["curl"], "1")
+    assert a != environment_key("sha256:other", ["jq", "curl"], "1")
+    assert a != environment_key("sha256:base", ["jq", "curl"], "2")
+
+
+def test_build_context_carries_packages_as_data() -> None:
+    import tarfile
+
+    hostile = ["jq", "x\nRUN rm -rf /"]  # never admitted by the API; proves it stays data here
+    with tarfile.open(fileobj=build_context(hostile)) as tar:
+        dockerfile = tar.extractfile("Dockerfile").read().decode()  # type: ignore[union-attr]
+        packages = tar.extractfile("packages.txt").read().decode()  # type: ignore[union-attr]
+    assert "rm -rf" not in dockerfile
+    assert packages == "jq\nx\nRUN rm -rf /\n"
