@@ -74,7 +74,12 @@ class Settings(BaseSettings):
     janitor_interval_seconds: float = Field(default=60.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
     migrate_on_start: bool = True
-    workers_enabled: bool = True
+    workers_enabled: bool = True  # all background loops
+    dispatcher_enabled: bool = True  # off: this replica serves the API and fires schedules only
+    scheduler_enabled: bool = True
+    scheduler_max_catch_up: int = Field(default=10, ge=1, le=1000)
+    scheduler_grace_seconds: float = Field(default=60, ge=0)
+    scheduler_max_idle_seconds: float = Field(default=30, gt=0)
     log_level: str = "INFO"
 
     @field_validator("allowed_images", mode="before")

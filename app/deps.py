@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Annotated
 from fastapi import Depends, Path, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.models import Run
+from app.models import Run, Schedule
 from app.services.runs import RunService
+from app.services.schedules import ScheduleService
 
 if TYPE_CHECKING:
     from app.main import AppContext
@@ -50,3 +51,20 @@ async def get_run(
 
 
 RunFromPath = Annotated[Run, Depends(get_run)]
+
+
+def get_schedule_service(request: Request, session: SessionDep) -> ScheduleService:
+    return ScheduleService(session, get_context(request).run_limits)
+
+
+ScheduleServiceDep = Annotated[ScheduleService, Depends(get_schedule_service)]
+
+
+async def get_schedule(
+    service: ScheduleServiceDep,
+    schedule_id: Annotated[str, Path(max_length=64, description="schedule id")],
+) -> Schedule:
+    return await service.get(schedule_id)
+
+
+ScheduleFromPath = Annotated[Schedule, Depends(get_schedule)]

@@ -23,15 +23,17 @@ from app.adapters.s3 import S3ObjectStore
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
-from app.routers import health, runs
+from app.routers import health, runs, schedules
 from app.services.environments import EnvironmentImages
 from app.services.results import RunResults
 from app.services.runs import RunLimits
+from app.services.schedules import FireReport
 from app.workers.base import LoopService
 from app.workers.dispatcher import Dispatcher
 from app.workers.executor import ExecutorConfig, RunExecutor
 from app.workers.janitor import Janitor
 from app.workers.reconciler import Reconciler
+from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
 
 log = logging.getLogger("taskdeploy")
@@ -52,9 +54,18 @@ class AppContext:
     dispatcher: Dispatcher
     watcher: ContainerWatcher
     janitor: Janitor
+    scheduler: Scheduler
     loops: list[LoopService] = field(default_factory=list)
 
     def wake_dispatcher(self) -> None:
+        self.dispatcher.wake()
+
+    def wake_scheduler(self) -> None:
+        self.scheduler.wake()
+
+    def on_schedule_fired(self, report: FireReport) -> None:
+        for run_id in report.to_cancel:
+            self.dispatcher.cancel(run_id)
         self.dispatcher.wake()
 
     def cancel_run(self, run_id: str) -> None:
@@ -168,6 +179,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             max_concurrent=settings.max_concurrent_runs,
             interval=settings.dispatch_interval_seconds,
         )
+        scheduler = Scheduler(
+            sessionmaker,
+            run_limits(settings),
+            max_catch_up=settings.scheduler_max_catch_up,
+            grace_seconds=settings.scheduler_grace_seconds,
+            max_idle=settings.scheduler_max_idle_seconds,
+        )
         context = AppContext(
             settings=settings,
             engine=engine,
@@ -180,8 +198,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             dispatcher=dispatcher,
             watcher=watcher,
             janitor=janitor,
-            loops=[watcher, dispatcher, janitor],
+            scheduler=scheduler,
         )
+        scheduler.on_fired = context.on_schedule_fired
+        context.loops = [watcher, janitor]
+        if settings.dispatcher_enabled:
+            context.loops.append(dispatcher)
+        if settings.scheduler_enabled:
+            context.loops.append(scheduler)
         app.state.context = context
 
         try:
@@ -202,7 +226,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             await dispatcher.stop()
             await dispatcher.drain(settings.shutdown_grace_seconds)
-            for loop in (janitor, watcher):
+            for loop in (scheduler, janitor, watcher):
                 with contextlib.suppress(Exception):
                     await loop.stop()
 
@@ -223,4 +247,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(runs.router)
+    app.include_router(schedules.router)
     return app

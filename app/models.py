@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
@@ -88,12 +89,19 @@ class Run(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     artifacts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     logs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Set for runs a schedule created; scheduled_for is null for a manual trigger.
+    schedule_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     events: Mapped[list[RunEvent]] = relationship(
         back_populates="run", order_by="RunEvent.id", cascade="all, delete-orphan", lazy="raise"
     )
 
-    __table_args__ = (Index("ix_runs_created_at_id", "created_at", "id"),)
+    __table_args__ = (
+        Index("ix_runs_created_at_id", "created_at", "id"),
+        # Exactly one run per schedule and fire time, whichever replica fires it.
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_runs_schedule_fire"),
+    )
 
 
 class RunEvent(Base):
@@ -107,6 +115,53 @@ class RunEvent(Base):
     detail: Mapped[str | None] = mapped_column(Text)
 
     run: Mapped[Run] = relationship(back_populates="events", lazy="raise")
+
+
+class ConcurrencyPolicy(StrEnum):
+    ALLOW = "allow"
+    FORBID = "forbid"
+    REPLACE = "replace"
+
+
+class Schedule(Base):
+    """A run template fired on a cron expression in a time zone."""
+
+    __tablename__ = "schedules"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200))
+    cron: Mapped[str] = mapped_column(String(200))
+    timezone: Mapped[str] = mapped_column(String(64))
+    run_template: Mapped[dict[str, Any]] = mapped_column(JSON)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    concurrency_policy: Mapped[str] = mapped_column(String(16), default=ConcurrencyPolicy.ALLOW)
+    misfire_policy: Mapped[str] = mapped_column(String(16), default="skip")
+    starting_deadline_seconds: Mapped[int | None] = mapped_column(Integer)
+    # Null while paused; the scheduler claims rows whose next_fire_at has passed.
+    next_fire_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    last_fired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ScheduleFire(Base):
+    """One fire time of a schedule that did not create a run (skipped), with the reason."""
+
+    __tablename__ = "schedule_fires"
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    schedule_id: Mapped[str] = mapped_column(
+        ForeignKey("schedules.id", ondelete="CASCADE"), index=True
+    )
+    scheduled_for: Mapped[datetime] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "scheduled_for", name="uq_schedule_fires_fire"),
+    )
 
 
 class EnvironmentImage(Base):

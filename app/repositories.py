@@ -5,22 +5,32 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Insert, Select, and_, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.models import ACTIVE_STATES, EnvironmentImage, Run, RunEvent, RunState
+from app.models import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    EnvironmentImage,
+    Run,
+    RunEvent,
+    RunState,
+    Schedule,
+    ScheduleFire,
+)
 
 
 class InvalidCursor(ValueError):
     """A pagination cursor that this service did not issue."""
 
 
-def encode_cursor(created_at: datetime, run_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{run_id}".encode()
+def encode_cursor(created_at: datetime, row_id: str) -> str:
+    raw = f"{created_at.isoformat()}|{row_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -31,6 +41,45 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         return datetime.fromisoformat(stamp), run_id
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidCursor("cursor is not one this service issued") from exc
+
+
+async def _keyset_page(
+    session: AsyncSession, query: Select[Any], model: Any, cursor: str | None, limit: int
+) -> tuple[list[Any], str | None]:
+    """One page of `query`, newest first by (created_at, id), resuming after `cursor`."""
+    query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
+    if cursor:
+        created_at, row_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                model.created_at < created_at,
+                and_(model.created_at == created_at, model.id < row_id),
+            )
+        )
+    rows = list((await session.execute(query)).scalars())
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], encode_cursor(last.created_at, last.id)
+
+
+def _insert(session: AsyncSession, table: Any) -> Insert:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"insert-or-ignore is not written for {dialect}")
+
+
+async def insert_or_ignore(
+    session: AsyncSession, table: Any, values: dict[str, Any], conflict: list[str]
+) -> bool:
+    """Inserts a row unless one with the same `conflict` columns exists; True if inserted."""
+    statement = _insert(session, table).values(**values)
+    statement = statement.on_conflict_do_nothing(index_elements=conflict)  # type: ignore[attr-defined]
+    result = await session.execute(statement)
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 class RunRepository:
@@ -50,21 +99,10 @@ class RunRepository:
     async def page(
         self, *, states: Sequence[RunState] = (), cursor: str | None = None, limit: int = 50
     ) -> tuple[list[Run], str | None]:
-        query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
+        query = select(Run)
         if states:
             query = query.where(Run.state.in_([s.value for s in states]))
-        if cursor:
-            created_at, run_id = decode_cursor(cursor)
-            query = query.where(
-                or_(
-                    Run.created_at < created_at, and_(Run.created_at == created_at, Run.id < run_id)
-                )
-            )
-        runs = list((await self.session.execute(query)).scalars())
-        if len(runs) <= limit:
-            return runs, None
-        last = runs[limit - 1]
-        return runs[:limit], encode_cursor(last.created_at, last.id)
+        return await _keyset_page(self.session, query, Run, cursor, limit)
 
     async def events(self, run_id: str) -> list[RunEvent]:
         query = select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)
@@ -127,6 +165,26 @@ class RunRepository:
             query = query.where(Run.instance_id == instance_id)
         return list((await self.session.execute(query)).scalars())
 
+    async def insert_scheduled(self, run: Run) -> bool:
+        """Adds a scheduled run unless its (schedule, fire time) already has one."""
+        values = {c.key: getattr(run, c.key) for c in Run.__table__.columns}
+        return await insert_or_ignore(
+            self.session, Run.__table__, values, ["schedule_id", "scheduled_for"]
+        )
+
+    async def unfinished_of_schedule(self, schedule_id: str) -> list[Run]:
+        query = select(Run).where(
+            Run.schedule_id == schedule_id,
+            Run.state.not_in([s.value for s in TERMINAL_STATES]),
+        )
+        return list((await self.session.execute(query)).scalars())
+
+    async def page_of_schedule(
+        self, schedule_id: str, *, cursor: str | None, limit: int
+    ) -> tuple[list[Run], str | None]:
+        query = select(Run).where(Run.schedule_id == schedule_id)
+        return await _keyset_page(self.session, query, Run, cursor, limit)
+
     async def env_keys_in_use(self) -> set[str]:
         query = select(Run.env_key).where(
             Run.env_key.is_not(None),
@@ -159,3 +217,60 @@ class EnvironmentImageRepository:
 
     async def delete(self, key: str) -> None:
         await self.session.execute(delete(EnvironmentImage).where(EnvironmentImage.key == key))
+
+
+class ScheduleRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, schedule_id: str) -> Schedule | None:
+        return await self.session.get(Schedule, schedule_id, populate_existing=True)
+
+    def add(self, schedule: Schedule) -> None:
+        self.session.add(schedule)
+
+    async def delete(self, schedule: Schedule) -> None:
+        await self.session.delete(schedule)
+
+    async def page(self, *, cursor: str | None, limit: int) -> tuple[list[Schedule], str | None]:
+        return await _keyset_page(self.session, select(Schedule), Schedule, cursor, limit)
+
+    async def claim_due(self, now: datetime, limit: int) -> list[Schedule]:
+        """Due, unpaused schedules, locked for this transaction; other replicas skip them."""
+        query = (
+            select(Schedule)
+            .where(Schedule.paused.is_(False), Schedule.next_fire_at <= now)
+            .order_by(Schedule.next_fire_at)
+            .limit(limit)
+        )
+        if self.session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        return list((await self.session.execute(query)).scalars())
+
+    async def earliest_next_fire(self) -> datetime | None:
+        query = select(func.min(Schedule.next_fire_at)).where(Schedule.paused.is_(False))
+        value = (await self.session.execute(query)).scalar_one_or_none()
+        if value is not None and value.tzinfo is None:  # SQLite's MIN() bypasses the column type
+            value = value.replace(tzinfo=UTC)
+        return value
+
+    async def record_skip(self, schedule_id: str, scheduled_for: datetime, reason: str) -> bool:
+        values = {
+            "schedule_id": schedule_id,
+            "scheduled_for": scheduled_for,
+            "outcome": "skipped",
+            "reason": reason,
+            "created_at": utcnow(),
+        }
+        return await insert_or_ignore(
+            self.session, ScheduleFire.__table__, values, ["schedule_id", "scheduled_for"]
+        )
+
+    async def fires(self, schedule_id: str, limit: int) -> list[ScheduleFire]:
+        query = (
+            select(ScheduleFire)
+            .where(ScheduleFire.schedule_id == schedule_id)
+            .order_by(ScheduleFire.scheduled_for.desc())
+            .limit(limit)
+        )
+        return list((await self.session.execute(query)).scalars())

@@ -21,6 +21,7 @@ from app.schemas import (
     RunMetricsOut,
     RunOut,
 )
+from app.services.schedules import lateness_seconds
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
 
@@ -50,6 +51,9 @@ def present_run(run: Run) -> RunOut:
         metrics=MetricsSummaryOut.model_validate(run.metrics) if run.metrics else None,
         artifacts=run.artifacts or [],
         logs=run.logs,
+        schedule_id=run.schedule_id,
+        scheduled_for=run.scheduled_for,
+        lateness_seconds=lateness_seconds(run),
         links=RunLinks(
             self=base, logs=f"{base}/logs", events=f"{base}/events", metrics=f"{base}/metrics"
         ),

@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
@@ -13,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from app.models import TERMINAL_STATES, Run, RunState
+from app.models import TERMINAL_STATES, Run, RunState, new_id
 from app.repositories import RunRepository
 from app.schemas import RunCreate
 
@@ -159,20 +160,7 @@ class RunService:
             existing = await self.repo.get_by_idempotency_key(key)
             if existing is not None:
                 return self._replay(existing, fingerprint), False
-        admitted = self._admit(body)
-        run = Run(
-            state=RunState.QUEUED,
-            command=body.command,
-            input_uri=body.input,
-            output_uri=body.output,
-            env=body.env,
-            network=body.network,
-            idempotency_key=key,
-            request_hash=fingerprint,
-            created_at=utcnow(),
-            artifacts=[],
-            **admitted,
-        )
+        run = self.build(body, idempotency_key=key)
         self.repo.add(run)
         try:
             await self.session.flush()
@@ -186,6 +174,37 @@ class RunService:
             return self._replay(existing, fingerprint), False
         self.repo.add_event(run.id, None, RunState.QUEUED, "submitted")
         return run, True
+
+    def build(
+        self,
+        body: RunCreate,
+        *,
+        idempotency_key: str | None = None,
+        schedule_id: str | None = None,
+        scheduled_for: datetime | None = None,
+    ) -> Run:
+        """A new queued run for `body`, checked against the operator's limits (not yet added)."""
+        admitted = self._admit(body)
+        now = utcnow()
+        return Run(
+            id=new_id(),
+            state=RunState.QUEUED,
+            command=body.command,
+            input_uri=body.input,
+            output_uri=body.output,
+            env=body.env,
+            network=body.network,
+            idempotency_key=idempotency_key,
+            request_hash=request_fingerprint(body),
+            created_at=now,
+            updated_at=now,
+            artifacts=[],
+            oom_killed=False,
+            cancel_requested=False,
+            schedule_id=schedule_id,
+            scheduled_for=scheduled_for,
+            **admitted,
+        )
 
     @staticmethod
     def _replay(existing: Run, fingerprint: str) -> Run:

@@ -29,6 +29,10 @@ class LoopService:
     async def run_once(self) -> None:
         raise NotImplementedError
 
+    def next_delay(self) -> float:
+        """Seconds to sleep after a tick; a loop that knows when work is due overrides it."""
+        return self.interval
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -50,7 +54,7 @@ class LoopService:
             except Exception:
                 log.exception("%s: tick failed", self.name)
             self.last_tick = time.monotonic()
-            await self._sleep(self.interval)
+            await self._sleep(self.next_delay())
 
     async def _sleep(self, seconds: float) -> None:
         """Waits for the interval, a wake-up or a stop, whichever comes first."""

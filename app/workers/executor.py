@@ -52,6 +52,7 @@ Outcome = Literal["exited", "timed_out", "cancelled"]
 MANAGED_LABELS = ("taskdeploy.managed", "taskdeploy.instance", "taskdeploy.run_id")
 STOP_WAIT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
+CANCEL_POLL_SECONDS = 2.0
 
 
 class RunAborted(Exception):
@@ -157,7 +158,11 @@ class RunExecutor:
                 f"container {container_id[:12]} started from {how} environment image "
                 f"{image_ref.tag}",
             )
-            outcome = await self._wait(container_id, died, run.timeout_seconds, cancel)
+            flag_watch = asyncio.create_task(self._watch_cancel_flag(run_id, cancel))
+            try:
+                outcome = await self._wait(container_id, died, run.timeout_seconds, cancel)
+            finally:
+                flag_watch.cancel()
             await self._transition(run_id, RunState.FINISHING, RunState.RUNNING, outcome)
             await self._finish(await self._load(run_id), container_id, outcome)
         except RunAborted as exc:
@@ -315,6 +320,17 @@ class RunExecutor:
         writer.close()
 
     # ------------------------------------------------------------------ 6. wait
+    async def _watch_cancel_flag(self, run_id: str, cancel: asyncio.Event) -> None:
+        """A cancel recorded by another replica (or a schedule's replace policy) reaches this
+        executor through the database; in-process cancels set the event directly."""
+        while not cancel.is_set():
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            try:
+                if (await self._load(run_id)).cancel_requested:
+                    cancel.set()
+            except Exception:
+                log.debug("run %s: cancel flag check failed", run_id, exc_info=True)
+
     async def _wait(
         self,
         container_id: str,

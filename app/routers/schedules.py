@@ -1,0 +1,165 @@
+"""/v1/schedules: cron schedules of run templates, their runs and skipped fires."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.deps import ContextDep, ScheduleFromPath, ScheduleServiceDep, SessionDep
+from app.errors import ERROR_RESPONSES, InvalidRequest
+from app.models import Schedule
+from app.repositories import InvalidCursor, RunRepository, ScheduleRepository
+from app.routers.runs import present_run
+from app.schemas import (
+    Page,
+    RunOut,
+    ScheduleCreate,
+    ScheduleFireOut,
+    ScheduleOut,
+    ScheduleUpdate,
+)
+from app.services.cron import describe_local
+from app.services.schedules import ScheduleService
+
+router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=ERROR_RESPONSES)
+
+CursorQuery = Annotated[str | None, Query(max_length=512)]
+LimitQuery = Annotated[int, Query(ge=1, le=200)]
+
+
+def present_schedule(schedule: Schedule) -> ScheduleOut:
+    return ScheduleOut(
+        id=schedule.id,
+        name=schedule.name,
+        cron=schedule.cron,
+        timezone=schedule.timezone,
+        run=schedule.run_template,
+        concurrency_policy=schedule.concurrency_policy,
+        misfire_policy=schedule.misfire_policy,
+        starting_deadline_seconds=schedule.starting_deadline_seconds,
+        paused=schedule.paused,
+        next_fire_at=schedule.next_fire_at,
+        next_fire_at_local=(
+            describe_local(schedule.next_fire_at, schedule.timezone)
+            if schedule.next_fire_at
+            else None
+        ),
+        next_fire_times=ScheduleService.preview(schedule),
+        last_fired_at=schedule.last_fired_at,
+        created_at=schedule.created_at,
+        updated_at=schedule.updated_at,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleOut)
+async def create_schedule(
+    body: ScheduleCreate, service: ScheduleServiceDep, context: ContextDep, response: Response
+) -> ScheduleOut:
+    """Create a schedule; the answer shows its next fire time (UTC and local) and the next 5."""
+    schedule = await service.create(body)
+    await service.session.commit()
+    context.wake_scheduler()
+    response.headers["Location"] = f"/v1/schedules/{schedule.id}"
+    return present_schedule(schedule)
+
+
+@router.get("", response_model=Page[ScheduleOut])
+async def list_schedules(
+    session: SessionDep, cursor: CursorQuery = None, limit: LimitQuery = 50
+) -> Page[ScheduleOut]:
+    """List schedules, newest first, with cursor pagination."""
+    try:
+        rows, next_cursor = await ScheduleRepository(session).page(cursor=cursor, limit=limit)
+    except InvalidCursor as exc:
+        raise InvalidRequest(str(exc), field="cursor") from exc
+    return Page[ScheduleOut](items=[present_schedule(s) for s in rows], next_cursor=next_cursor)
+
+
+@router.get("/{schedule_id}", response_model=ScheduleOut)
+async def get_schedule(schedule: ScheduleFromPath) -> ScheduleOut:
+    """One schedule with its next fire times."""
+    return present_schedule(schedule)
+
+
+@router.patch("/{schedule_id}", response_model=ScheduleOut)
+async def update_schedule(
+    schedule: ScheduleFromPath,
+    body: ScheduleUpdate,
+    service: ScheduleServiceDep,
+    context: ContextDep,
+) -> ScheduleOut:
+    """Change a schedule; a new cron or time zone recomputes the next fire time at once."""
+    updated = await service.update(schedule.id, body)
+    await service.session.commit()
+    context.wake_scheduler()
+    return present_schedule(updated)
+
+
+@router.delete("/{schedule_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_schedule(schedule: ScheduleFromPath, service: ScheduleServiceDep) -> Response:
+    """Delete a schedule; its runs stay."""
+    await service.delete(schedule.id)
+    await service.session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{schedule_id}/pause", response_model=ScheduleOut)
+async def pause_schedule(schedule: ScheduleFromPath, service: ScheduleServiceDep) -> ScheduleOut:
+    """Stop firing until resumed."""
+    paused = await service.pause(schedule.id)
+    await service.session.commit()
+    return present_schedule(paused)
+
+
+@router.post("/{schedule_id}/resume", response_model=ScheduleOut)
+async def resume_schedule(
+    schedule: ScheduleFromPath,
+    service: ScheduleServiceDep,
+    context: ContextDep,
+    catch_up: Annotated[
+        bool, Query(description="apply the misfire policy to fire times missed while paused")
+    ] = False,
+) -> ScheduleOut:
+    """Fire again; the next fire is computed from now unless `catch_up` is set."""
+    resumed = await service.resume(schedule.id, catch_up=catch_up)
+    await service.session.commit()
+    context.wake_scheduler()
+    return present_schedule(resumed)
+
+
+@router.post("/{schedule_id}/trigger", status_code=status.HTTP_202_ACCEPTED, response_model=RunOut)
+async def trigger_schedule(
+    schedule: ScheduleFromPath, service: ScheduleServiceDep, context: ContextDep
+) -> RunOut:
+    """Run the schedule's template once now, outside the cron."""
+    run = await service.trigger(schedule.id)
+    await service.session.commit()
+    context.wake_dispatcher()
+    return present_run(run)
+
+
+@router.get("/{schedule_id}/runs", response_model=Page[RunOut])
+async def list_schedule_runs(
+    schedule: ScheduleFromPath,
+    session: SessionDep,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
+) -> Page[RunOut]:
+    """The schedule's runs, newest first (failures included: a failing schedule keeps firing)."""
+    try:
+        runs, next_cursor = await RunRepository(session).page_of_schedule(
+            schedule.id, cursor=cursor, limit=limit
+        )
+    except InvalidCursor as exc:
+        raise InvalidRequest(str(exc), field="cursor") from exc
+    return Page[RunOut](items=[present_run(r) for r in runs], next_cursor=next_cursor)
+
+
+@router.get("/{schedule_id}/fires", response_model=Page[ScheduleFireOut])
+async def list_skipped_fires(
+    schedule: ScheduleFromPath, session: SessionDep, limit: LimitQuery = 50
+) -> Page[ScheduleFireOut]:
+    """Fire times that created no run (e.g. forbidden by the concurrency policy), newest first."""
+    fires = await ScheduleRepository(session).fires(schedule.id, limit)
+    return Page[ScheduleFireOut](items=[ScheduleFireOut.model_validate(f) for f in fires])

@@ -1,0 +1,233 @@
+"""Schedule rules: validation, pause/resume, manual triggers and firing due schedules once."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.errors import InvalidRequest, NotFound
+from app.models import ConcurrencyPolicy, Run, RunState, Schedule
+from app.repositories import ScheduleRepository
+from app.schemas import RunCreate, ScheduleCreate, ScheduleUpdate
+from app.services.cron import (
+    CronError,
+    CronSpec,
+    MisfirePolicy,
+    due_fire_times,
+    next_fire_times,
+    parse_cron,
+)
+from app.services.runs import CANCELLABLE, RunLimits, RunService
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+PREVIEW_COUNT = 5
+
+
+def cron_spec(cron: str, timezone: str) -> CronSpec:
+    """Parses a schedule's cron and time zone; the error names the field at fault."""
+    try:
+        parse_cron("0 0 * * *", timezone)
+    except CronError as exc:
+        raise InvalidRequest(str(exc), field="timezone") from exc
+    try:
+        return parse_cron(cron, timezone)
+    except CronError as exc:
+        raise InvalidRequest(str(exc), field="cron") from exc
+
+
+@dataclass
+class FireReport:
+    """What one scheduler tick did."""
+
+    claimed: int = 0  # due schedules this tick handled
+    created: list[str] = field(default_factory=list)  # run ids
+    skipped: int = 0
+    to_cancel: list[str] = field(default_factory=list)  # runs replaced by a newer fire
+
+
+class ScheduleService:
+    """Business rules for schedules. Commits are the caller's."""
+
+    def __init__(self, session: AsyncSession, limits: RunLimits, clock: Clock = utcnow) -> None:
+        self.session = session
+        self.repo = ScheduleRepository(session)
+        self.runs = RunService(session, limits)
+        self.clock = clock
+
+    # ------------------------------------------------------------------ reading
+    async def get(self, schedule_id: str) -> Schedule:
+        schedule = await self.repo.get(schedule_id)
+        if schedule is None:
+            raise NotFound(f"schedule {schedule_id} not found")
+        return schedule
+
+    @staticmethod
+    def preview(schedule: Schedule) -> list[datetime]:
+        """The next fire times, from the stored next fire (or from now while paused)."""
+        spec = parse_cron(schedule.cron, schedule.timezone)
+        if schedule.next_fire_at is None:
+            return next_fire_times(spec, utcnow(), PREVIEW_COUNT)
+        later = next_fire_times(spec, schedule.next_fire_at, PREVIEW_COUNT - 1)
+        return [schedule.next_fire_at, *later]
+
+    # ------------------------------------------------------------------ writing
+    def _check_template(self, run: RunCreate) -> dict[str, Any]:
+        if run.idempotency_key is not None:
+            raise InvalidRequest(
+                "a schedule's runs cannot share one idempotency key", field="run.idempotency_key"
+            )
+        try:
+            self.runs.build(run)  # the same admission checks as POST /v1/runs
+        except InvalidRequest as exc:
+            raise InvalidRequest(exc.message, field=f"run.{exc.field or 'body'}") from exc
+        return run.model_dump(mode="json", exclude_none=True)
+
+    async def create(self, body: ScheduleCreate) -> Schedule:
+        spec = cron_spec(body.cron, body.timezone)
+        template = self._check_template(body.run)
+        now = self.clock()
+        schedule = Schedule(
+            name=body.name,
+            cron=spec.expression,
+            timezone=body.timezone,
+            run_template=template,
+            paused=body.paused,
+            concurrency_policy=body.concurrency_policy,
+            misfire_policy=body.misfire_policy,
+            starting_deadline_seconds=body.starting_deadline_seconds,
+            next_fire_at=None if body.paused else next_fire_times(spec, now, 1)[0],
+            paused_at=now if body.paused else None,
+            created_at=now,
+            updated_at=now,
+        )
+        self.repo.add(schedule)
+        await self.session.flush()
+        return schedule
+
+    async def update(self, schedule_id: str, body: ScheduleUpdate) -> Schedule:
+        schedule = await self.get(schedule_id)
+        changes = body.model_dump(exclude_unset=True)
+        for name in ("name", "concurrency_policy", "misfire_policy"):
+            if changes.get(name) is not None:
+                setattr(schedule, name, changes[name])
+        if "starting_deadline_seconds" in changes:
+            schedule.starting_deadline_seconds = body.starting_deadline_seconds
+        if body.run is not None:
+            schedule.run_template = self._check_template(body.run)
+        if body.cron is not None or body.timezone is not None:
+            spec = cron_spec(body.cron or schedule.cron, body.timezone or schedule.timezone)
+            schedule.cron, schedule.timezone = spec.expression, spec.timezone
+            if not schedule.paused:
+                schedule.next_fire_at = next_fire_times(spec, self.clock(), 1)[0]
+        schedule.updated_at = self.clock()
+        await self.session.flush()
+        return schedule
+
+    async def delete(self, schedule_id: str) -> None:
+        await self.repo.delete(await self.get(schedule_id))
+
+    async def pause(self, schedule_id: str) -> Schedule:
+        schedule = await self.get(schedule_id)
+        if not schedule.paused:
+            schedule.paused = True
+            schedule.paused_at = self.clock()
+            schedule.next_fire_at = None
+            schedule.updated_at = schedule.paused_at
+        return schedule
+
+    async def resume(self, schedule_id: str, *, catch_up: bool) -> Schedule:
+        """Unpauses. The next fire is computed from now, unless `catch_up` asks for the paused
+        window's fire times to go through the misfire policy."""
+        schedule = await self.get(schedule_id)
+        if not schedule.paused:
+            return schedule
+        spec = parse_cron(schedule.cron, schedule.timezone)
+        now = self.clock()
+        start = schedule.paused_at if catch_up and schedule.paused_at else now
+        schedule.paused = False
+        schedule.paused_at = None
+        schedule.next_fire_at = next_fire_times(spec, min(start, now), 1)[0]
+        schedule.updated_at = now
+        return schedule
+
+    async def trigger(self, schedule_id: str) -> Run:
+        """One run now, outside the cron (it has no fire time)."""
+        schedule = await self.get(schedule_id)
+        run = self.runs.build(
+            RunCreate.model_validate(schedule.run_template), schedule_id=schedule.id
+        )
+        self.runs.repo.add(run)
+        await self.session.flush()
+        self.runs.repo.add_event(run.id, None, RunState.QUEUED, f"triggered from {schedule.name}")
+        return run
+
+    # ------------------------------------------------------------------ firing
+    async def fire_due(self, *, batch: int, max_catch_up: int, grace_seconds: float) -> FireReport:
+        """Creates the runs of every due schedule (claimed with SKIP LOCKED on PostgreSQL) and
+        advances their next fire times, all in the caller's one transaction."""
+        now = self.clock()
+        report = FireReport()
+        for schedule in await self.repo.claim_due(now, batch):
+            assert schedule.next_fire_at is not None
+            report.claimed += 1
+            spec = parse_cron(schedule.cron, schedule.timezone)
+            fires, following = due_fire_times(
+                spec,
+                next_fire_at=schedule.next_fire_at,
+                now=now,
+                policy=MisfirePolicy(schedule.misfire_policy),
+                starting_deadline_seconds=schedule.starting_deadline_seconds,
+                max_catch_up=max_catch_up,
+                grace_seconds=grace_seconds,
+            )
+            for fire_time in fires:
+                await self._fire(schedule, fire_time, report)
+            if fires:
+                schedule.last_fired_at = fires[-1]
+            schedule.next_fire_at = following
+        return report
+
+    async def _fire(self, schedule: Schedule, fire_time: datetime, report: FireReport) -> None:
+        policy = ConcurrencyPolicy(schedule.concurrency_policy)
+        if policy != ConcurrencyPolicy.ALLOW:
+            unfinished = await self.runs.repo.unfinished_of_schedule(schedule.id)
+            if unfinished and policy == ConcurrencyPolicy.FORBID:
+                blocker = unfinished[0]
+                reason = f"run {blocker.id} of this schedule is still {blocker.state}"
+                if await self.repo.record_skip(schedule.id, fire_time, reason):
+                    report.skipped += 1
+                return
+            for previous in unfinished:
+                if RunState(previous.state) in CANCELLABLE:
+                    await self.runs.cancel(previous.id)
+                    report.to_cancel.append(previous.id)
+        try:
+            run = self.runs.build(
+                RunCreate.model_validate(schedule.run_template),
+                schedule_id=schedule.id,
+                scheduled_for=fire_time,
+            )
+        except InvalidRequest as exc:
+            # The operator's limits changed since the schedule was made: record, keep firing.
+            await self.repo.record_skip(schedule.id, fire_time, f"run refused: {exc.message}")
+            report.skipped += 1
+            return
+        if await self.runs.repo.insert_scheduled(run):
+            self.runs.repo.add_event(
+                run.id, None, RunState.QUEUED, f"fired by schedule {schedule.name} for {fire_time}"
+            )
+            report.created.append(run.id)
+
+
+def lateness_seconds(run: Run) -> float | None:
+    if run.scheduled_for is None:
+        return None
+    return max(0.0, (run.created_at - run.scheduled_for).total_seconds())
