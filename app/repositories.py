@@ -165,11 +165,27 @@ class RunRepository:
             query = query.where(Run.instance_id == instance_id)
         return list((await self.session.execute(query)).scalars())
 
-    async def insert_scheduled(self, run: Run) -> bool:
-        """Adds a scheduled run unless its (schedule, fire time) already has one."""
-        values = {c.key: getattr(run, c.key) for c in Run.__table__.columns}
-        return await insert_or_ignore(
-            self.session, Run.__table__, values, ["schedule_id", "scheduled_for"]
+    async def insert_scheduled(self, runs: Sequence[Run]) -> set[str]:
+        """Adds scheduled runs in one statement, skipping any whose (schedule, fire time)
+        already has a run; returns the ids of those inserted."""
+        if not runs:
+            return set()
+        columns = [c.key for c in Run.__table__.columns]
+        statement = (
+            _insert(self.session, Run.__table__)
+            .on_conflict_do_nothing(index_elements=["schedule_id", "scheduled_for"])  # type: ignore[attr-defined]
+            .returning(Run.__table__.c.id)
+        )
+        # A parameter list runs as SQLAlchemy's batched "insertmanyvalues" with a cached plan.
+        rows = [{name: getattr(run, name) for name in columns} for run in runs]
+        return set((await self.session.execute(statement, rows)).scalars())
+
+    def add_events(self, events: Sequence[tuple[str, RunState, str]]) -> None:
+        """Records the first event (`queued`) of many new runs at once."""
+        now = utcnow()
+        self.session.add_all(
+            RunEvent(run_id=run_id, from_state=None, to_state=state.value, detail=detail, at=now)
+            for run_id, state, detail in events
         )
 
     async def unfinished_of_schedule(self, schedule_id: str) -> list[Run]:

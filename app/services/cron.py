@@ -48,6 +48,7 @@ Misfires (``due_fire_times``)
 
 from __future__ import annotations
 
+import functools
 import heapq
 import re
 from collections.abc import Iterator
@@ -122,6 +123,7 @@ class MisfirePolicy(StrEnum):
     RUN_ALL = "run_all"
 
 
+@functools.lru_cache(maxsize=4096)  # schedulers parse the same few expressions every tick
 def parse_cron(expression: str, timezone: str = "UTC") -> CronSpec:
     """Validate a cron expression and an IANA time zone name.
 

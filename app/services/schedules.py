@@ -175,6 +175,7 @@ class ScheduleService:
         advances their next fire times, all in the caller's one transaction."""
         now = self.clock()
         report = FireReport()
+        pending: list[tuple[Run, str]] = []
         for schedule in await self.repo.claim_due(now, batch):
             assert schedule.next_fire_at is not None
             report.claimed += 1
@@ -188,29 +189,48 @@ class ScheduleService:
                 max_catch_up=max_catch_up,
                 grace_seconds=grace_seconds,
             )
+            queued_here = False
             for fire_time in fires:
-                await self._fire(schedule, fire_time, report)
+                run = await self._fire(schedule, fire_time, report, queued_here)
+                if run is not None:
+                    if queued_here and schedule.concurrency_policy == ConcurrencyPolicy.REPLACE:
+                        pending.pop()  # replaced before it was ever queued
+                    pending.append((run, f"fired by schedule {schedule.name} for {fire_time}"))
+                    queued_here = True
             if fires:
                 schedule.last_fired_at = fires[-1]
             schedule.next_fire_at = following
+        # One statement for all the runs of this tick; a fire time that already has a run
+        # (another replica got there first) is skipped by the unique constraint.
+        inserted = await self.runs.repo.insert_scheduled([run for run, _ in pending])
+        self.runs.repo.add_events(
+            [(run.id, RunState.QUEUED, detail) for run, detail in pending if run.id in inserted]
+        )
+        report.created = [run.id for run, _ in pending if run.id in inserted]
         return report
 
-    async def _fire(self, schedule: Schedule, fire_time: datetime, report: FireReport) -> None:
+    async def _fire(
+        self, schedule: Schedule, fire_time: datetime, report: FireReport, queued_here: bool
+    ) -> Run | None:
+        """The run for one fire time, or None when the concurrency policy skips it."""
         policy = ConcurrencyPolicy(schedule.concurrency_policy)
         if policy != ConcurrencyPolicy.ALLOW:
             unfinished = await self.runs.repo.unfinished_of_schedule(schedule.id)
-            if unfinished and policy == ConcurrencyPolicy.FORBID:
-                blocker = unfinished[0]
-                reason = f"run {blocker.id} of this schedule is still {blocker.state}"
+            if (unfinished or queued_here) and policy == ConcurrencyPolicy.FORBID:
+                reason = (
+                    f"run {unfinished[0].id} of this schedule is still {unfinished[0].state}"
+                    if unfinished
+                    else "an earlier fire in the same catch-up is still queued"
+                )
                 if await self.repo.record_skip(schedule.id, fire_time, reason):
                     report.skipped += 1
-                return
+                return None
             for previous in unfinished:
                 if RunState(previous.state) in CANCELLABLE:
                     await self.runs.cancel(previous.id)
                     report.to_cancel.append(previous.id)
         try:
-            run = self.runs.build(
+            return self.runs.build(
                 RunCreate.model_validate(schedule.run_template),
                 schedule_id=schedule.id,
                 scheduled_for=fire_time,
@@ -219,12 +239,7 @@ class ScheduleService:
             # The operator's limits changed since the schedule was made: record, keep firing.
             await self.repo.record_skip(schedule.id, fire_time, f"run refused: {exc.message}")
             report.skipped += 1
-            return
-        if await self.runs.repo.insert_scheduled(run):
-            self.runs.repo.add_event(
-                run.id, None, RunState.QUEUED, f"fired by schedule {schedule.name} for {fire_time}"
-            )
-            report.created.append(run.id)
+            return None
 
 
 def lateness_seconds(run: Run) -> float | None:
