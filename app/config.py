@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(default=2.0, gt=0)
     janitor_interval_seconds: float = Field(default=60.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+    lease_seconds: float = Field(default=30.0, ge=1)
+    reconcile_interval_seconds: float = Field(default=10.0, gt=0)
+    prepare_deadline_seconds: float = Field(default=1800.0, gt=0)
+    finish_deadline_seconds: float = Field(default=1800.0, gt=0)
+    db_retry_seconds: float = Field(default=120.0, ge=0)
     migrate_on_start: bool = True
     workers_enabled: bool = True  # all background loops
     dispatcher_enabled: bool = True  # off: this replica serves the API and fires schedules only

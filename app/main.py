@@ -29,7 +29,7 @@ from app.services.results import RunResults
 from app.services.runs import RunLimits
 from app.services.schedules import FireReport
 from app.workers.base import LoopService
-from app.workers.dispatcher import Dispatcher
+from app.workers.dispatcher import Dispatcher, LeaseKeeper
 from app.workers.executor import ExecutorConfig, RunExecutor
 from app.workers.janitor import Janitor
 from app.workers.reconciler import Reconciler
@@ -84,6 +84,11 @@ class AppContext:
             checks["docker"] = "ok"
         except (AdapterError, TimeoutError) as exc:
             checks["docker"] = f"error: {exc}"
+        try:
+            await asyncio.wait_for(self.store.bucket_exists("taskdeploy-readiness-probe"), 10)
+            checks["object_store"] = "ok"
+        except (AdapterError, TimeoutError) as exc:
+            checks["object_store"] = f"error: {exc}"
         now = time.monotonic()
         for loop in self.loops:
             stale = loop.last_tick is None or now - loop.last_tick > max(60.0, 3 * loop.interval)
@@ -141,9 +146,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             template_version=settings.env_template_version,
             build_timeout=settings.build_timeout_seconds,
         )
-        watcher = ContainerWatcher(
-            runtime, {"taskdeploy.managed": "true", "taskdeploy.instance": settings.instance_id}
-        )
+        # All of this service's containers: a run adopted from another replica keeps the
+        # other replica's instance label.
+        watcher = ContainerWatcher(runtime, {"taskdeploy.managed": "true"})
         janitor = Janitor(
             environments,
             runtime,
@@ -164,6 +169,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 max_output_files=settings.max_output_files,
                 spool_memory_bytes=settings.spool_memory_bytes,
                 tmp_dir=settings.data_dir / "tmp",
+                prepare_deadline_seconds=settings.prepare_deadline_seconds,
+                finish_deadline_seconds=settings.finish_deadline_seconds,
+                db_retry_seconds=settings.db_retry_seconds,
             ),
             sessionmaker=sessionmaker,
             runtime=runtime,
@@ -178,6 +186,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             instance_id=settings.instance_id,
             max_concurrent=settings.max_concurrent_runs,
             interval=settings.dispatch_interval_seconds,
+            lease_seconds=settings.lease_seconds,
+            phase_of=executor.phases.get,
+        )
+        leases = LeaseKeeper(sessionmaker, dispatcher, lease_seconds=settings.lease_seconds)
+        reconciler = Reconciler(
+            sessionmaker,
+            runtime,
+            dispatcher,
+            lease_seconds=settings.lease_seconds,
+            interval=settings.reconcile_interval_seconds,
         )
         scheduler = Scheduler(
             sessionmaker,
@@ -203,15 +221,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler.on_fired = context.on_schedule_fired
         context.loops = [watcher, janitor]
         if settings.dispatcher_enabled:
-            context.loops.append(dispatcher)
+            context.loops += [dispatcher, leases, reconciler]
         if settings.scheduler_enabled:
             context.loops.append(scheduler)
         app.state.context = context
 
-        try:
-            await Reconciler(sessionmaker, runtime, settings.instance_id).run_once()
-        except AdapterError as exc:
-            log.error("start-up reconciliation skipped: Docker engine unavailable (%s)", exc)
         if settings.workers_enabled:
             for loop in context.loops:
                 loop.start()
@@ -225,8 +239,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             yield
         finally:
             await dispatcher.stop()
+            await reconciler.stop()
             await dispatcher.drain(settings.shutdown_grace_seconds)
-            for loop in (scheduler, janitor, watcher):
+            for loop in (leases, scheduler, janitor, watcher):
                 with contextlib.suppress(Exception):
                     await loop.stop()
 

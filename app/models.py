@@ -89,6 +89,15 @@ class Run(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     artifacts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     logs: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The replica executing the run holds a lease it renews; an expired lease lets any
+    # replica recover the run.
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # Retries: the attempt being run, the policy, earlier attempts' summaries, and when the
+    # next attempt may start (backoff).
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    retry_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    not_before: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Set for runs a schedule created; scheduled_for is null for a manual trigger.
     schedule_id: Mapped[str | None] = mapped_column(String(36), index=True)
     scheduled_for: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -141,11 +141,15 @@ class RunRepository:
             )
         )
 
-    async def queued_ids(self, limit: int) -> list[str]:
-        """The oldest queued runs, skipping rows another replica has locked (PostgreSQL)."""
+    async def queued_ids(self, limit: int, now: datetime) -> list[str]:
+        """The oldest queued runs whose backoff has passed, skipping rows another replica has
+        locked (PostgreSQL)."""
         query = (
             select(Run.id)
-            .where(Run.state == RunState.QUEUED.value)
+            .where(
+                Run.state == RunState.QUEUED.value,
+                or_(Run.not_before.is_(None), Run.not_before <= now),
+            )
             .order_by(Run.created_at, Run.id)
             .limit(limit)
         )
@@ -159,11 +163,53 @@ class RunRepository:
         )
         return int((await self.session.execute(query)).scalar_one())
 
-    async def active_runs(self, instance_id: str | None = None) -> list[Run]:
-        query = select(Run).where(Run.state.in_([s.value for s in ACTIVE_STATES]))
-        if instance_id is not None:
-            query = query.where(Run.instance_id == instance_id)
+    async def expired_leases(self, now: datetime, limit: int) -> list[Run]:
+        """Active runs whose executing replica stopped renewing its lease."""
+        query = (
+            select(Run)
+            .where(
+                Run.state.in_([s.value for s in ACTIVE_STATES]),
+                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+            )
+            .order_by(Run.updated_at)
+            .limit(limit)
+        )
+        if self.session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
         return list((await self.session.execute(query)).scalars())
+
+    async def take_over(
+        self, run: Run, instance_id: str, now: datetime, lease_until: datetime
+    ) -> bool:
+        """Moves an expired lease to `instance_id`, unless someone renewed or took it first."""
+        result = await self.session.execute(
+            update(Run)
+            .where(
+                Run.id == run.id,
+                Run.state == run.state,
+                or_(Run.lease_expires_at.is_(None), Run.lease_expires_at < now),
+            )
+            .values(instance_id=instance_id, lease_expires_at=lease_until, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def renew_leases(self, run_ids: Sequence[str], instance_id: str, until: datetime) -> int:
+        if not run_ids:
+            return 0
+        result = await self.session.execute(
+            update(Run)
+            .where(Run.id.in_(list(run_ids)), Run.instance_id == instance_id)
+            .values(lease_expires_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0))
+
+    async def states_of(self, run_ids: Sequence[str]) -> dict[str, RunState]:
+        if not run_ids:
+            return {}
+        query = select(Run.id, Run.state).where(Run.id.in_(list(run_ids)))
+        return {row.id: RunState(row.state) for row in (await self.session.execute(query))}
 
     async def insert_scheduled(self, runs: Sequence[Run]) -> set[str]:
         """Adds scheduled runs in one statement, skipping any whose (schedule, fire time)

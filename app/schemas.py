@@ -67,6 +67,25 @@ class Resources(StrictModel):
     )
 
 
+RetryableState = Literal["error", "failed", "timed_out"]
+RETRYABLE_STATES: tuple[RetryableState, ...] = ("error", "failed", "timed_out")
+
+
+class RetryPolicy(StrictModel):
+    """Run again when an attempt ends in one of `on`; attempt n+1 waits
+    backoff_seconds * backoff_factor^(n-1). Timeouts count as attempts."""
+
+    attempts: StrictInt = Field(ge=1, le=10, description="total attempts, the first included")
+    backoff_seconds: float = Field(default=10, ge=0, le=3600, strict=True)
+    backoff_factor: float = Field(default=2, ge=1, le=10, strict=True)
+    on: list[RetryableState] = Field(
+        default_factory=lambda: list(RETRYABLE_STATES), min_length=1, max_length=3
+    )
+    exit_codes: list[StrictInt] | None = Field(
+        default=None, max_length=50, description="retry `failed` only for these exit codes"
+    )
+
+
 class RunCreate(StrictModel):
     """A command to run once, in a container built from `image` plus `packages`."""
 
@@ -82,6 +101,7 @@ class RunCreate(StrictModel):
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
     network: StrictBool = Field(default=False, description="ask for network (operator must allow)")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    retry: RetryPolicy | None = None
 
     @field_validator("command")
     @classmethod
@@ -164,6 +184,11 @@ class RunOut(BaseModel):
     metrics: MetricsSummaryOut | None
     artifacts: list[ArtifactOut]
     logs: dict[str, LogInfo] | None
+    attempt: int = 1
+    attempts: list[dict[str, Any]] = Field(
+        default_factory=list, description="earlier attempts of a retried run"
+    )
+    retry: dict[str, Any] | None = None
     schedule_id: str | None = None
     scheduled_for: datetime | None = None
     lateness_seconds: float | None = Field(

@@ -10,6 +10,9 @@ DEADLINE=60
 
 server_version() { docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'; }
 
+# tests/e2e/test_deployment.py validates docker-compose.yml with Debian's docker-compose.
+command -v docker-compose >/dev/null || td_apt_install --no-install-recommends docker-compose
+
 if td_docker_ok; then
     log "Docker engine is up (server $(server_version))"
     exit 0

@@ -68,7 +68,11 @@ class DockerRuntime:
                     url=self._url,
                     timeout=aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT_S),
                 )
-            except (ValueError, aiodocker.DockerError) as exc:
+            except (
+                ValueError,
+                AssertionError,
+                aiodocker.DockerError,
+            ) as exc:  # aiodocker asserts when no socket is found
                 raise RuntimeUnavailable(f"cannot set up a Docker client: {exc}") from exc
         return self._docker
 

@@ -8,7 +8,7 @@ from typing import Any
 from app.adapters.ports import ObjectNotFound, ObjectStore, ObjectStoreError
 from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.models import Run, RunState
-from app.services.s3uri import parse_s3_uri
+from app.services.runs import result_location
 
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 
@@ -21,10 +21,10 @@ class RunResults:
     async def _read(self, run: Run, name: str, max_bytes: int) -> bytes:
         if not RunState(run.state).terminal:
             raise Conflict(f"run {run.id} is {run.state}; its {name} is stored once it finishes")
-        out = parse_s3_uri(run.output_uri)
+        where = result_location(run)  # the last attempt's folder when the run was retried
         try:
             return await self.store.get_bytes(
-                out.bucket, f"{out.prefix}{run.id}/{name}", max_bytes=max_bytes
+                where.bucket, f"{where.prefix}{name}", max_bytes=max_bytes
             )
         except ObjectNotFound as exc:
             raise NotFound(f"run {run.id} has no {name} (it ended before one was written)") from exc

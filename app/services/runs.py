@@ -17,13 +17,15 @@ from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.models import TERMINAL_STATES, Run, RunState, new_id
 from app.repositories import RunRepository
 from app.schemas import RunCreate
+from app.services.s3uri import S3Location, parse_s3_uri
 
 S = RunState
 ALLOWED_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.QUEUED: frozenset({S.PREPARING, S.CANCELLED, S.ERROR}),
-    S.PREPARING: frozenset({S.RUNNING, S.CANCELLED, S.ERROR}),
-    S.RUNNING: frozenset({S.FINISHING, S.CANCELLED, S.ERROR}),
-    S.FINISHING: frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED, S.ERROR}),
+    # `queued` from an active state is a retry: the next attempt waits for its backoff.
+    S.PREPARING: frozenset({S.RUNNING, S.CANCELLED, S.ERROR, S.QUEUED}),
+    S.RUNNING: frozenset({S.FINISHING, S.CANCELLED, S.ERROR, S.QUEUED}),
+    S.FINISHING: frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED, S.ERROR, S.QUEUED}),
 }
 CANCELLABLE = frozenset({S.QUEUED, S.PREPARING, S.RUNNING})
 
@@ -83,6 +85,27 @@ async def transition(
     refreshed = await repo.get(run_id)
     assert refreshed is not None
     return refreshed
+
+
+def result_location(run: Run) -> S3Location:
+    """Where a run's results go: <output>/<run_id>/, and with a retry policy one folder per
+    attempt, <output>/<run_id>/attempt-<n>/."""
+    out = parse_s3_uri(run.output_uri)
+    attempt = f"attempt-{run.attempt}/" if run.retry_policy else ""
+    return S3Location(out.bucket, f"{out.prefix}{run.id}/{attempt}")
+
+
+def retry_decision(run: Run, state: RunState, exit_code: int | None) -> float | None:
+    """Seconds to wait before the next attempt, or None when the run ends in `state`."""
+    policy = run.retry_policy
+    if not policy or state.value not in policy.get("on", ()) or run.attempt >= policy["attempts"]:
+        return None
+    if run.cancel_requested:
+        return None
+    codes = policy.get("exit_codes")
+    if state == RunState.FAILED and codes and exit_code not in codes:
+        return None
+    return float(policy["backoff_seconds"]) * float(policy["backoff_factor"]) ** (run.attempt - 1)
 
 
 def request_fingerprint(body: RunCreate) -> str:
@@ -203,6 +226,9 @@ class RunService:
             cancel_requested=False,
             schedule_id=schedule_id,
             scheduled_for=scheduled_for,
+            attempt=1,
+            attempts=[],
+            retry_policy=body.retry.model_dump(mode="json") if body.retry else None,
             **admitted,
         )
 

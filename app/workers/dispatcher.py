@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.db import utcnow
 from app.models import RunState
 from app.repositories import RunRepository
 from app.services.runs import IllegalTransition, transition
@@ -37,12 +39,16 @@ class Dispatcher(LoopService):
         instance_id: str,
         max_concurrent: int,
         interval: float,
+        lease_seconds: float,
+        phase_of: Callable[[str], str | None] = lambda _run_id: None,
     ) -> None:
         super().__init__(interval)
         self.sessionmaker = sessionmaker
         self.execute = execute
         self.instance_id = instance_id
         self.max_concurrent = max_concurrent
+        self.lease_seconds = lease_seconds
+        self.phase_of = phase_of
         self.running: dict[str, RunHandle] = {}
 
     async def run_once(self) -> None:
@@ -50,8 +56,9 @@ class Dispatcher(LoopService):
         if free <= 0 or self.stopping:
             return
         claimed: list[str] = []
+        now = utcnow()
         async with self.sessionmaker() as session, session.begin():
-            for run_id in await RunRepository(session).queued_ids(free):
+            for run_id in await RunRepository(session).queued_ids(free, now):
                 try:
                     await transition(
                         session,
@@ -60,16 +67,21 @@ class Dispatcher(LoopService):
                         expected=RunState.QUEUED,
                         detail=f"claimed by {self.instance_id}",
                         instance_id=self.instance_id,
+                        lease_expires_at=now + timedelta(seconds=self.lease_seconds),
+                        not_before=None,
                     )
                     claimed.append(run_id)
                 except IllegalTransition:
                     continue  # cancelled or claimed elsewhere in the meantime
         for run_id in claimed:
-            self._launch(run_id)
+            self.launch(run_id)
         if len(claimed) == free:
             self.wake()  # there may be more waiting; look again as soon as a slot frees up
 
-    def _launch(self, run_id: str) -> None:
+    def launch(self, run_id: str) -> None:
+        """Starts (or, for a recovered run, resumes) the executor of a run this instance holds."""
+        if run_id in self.running:
+            return
         cancel = asyncio.Event()
         task = asyncio.create_task(self.execute(run_id, cancel), name=f"run-{run_id}")
         self.running[run_id] = RunHandle(task, cancel)
@@ -85,12 +97,43 @@ class Dispatcher(LoopService):
             handle.cancel.set()
 
     async def drain(self, grace: float) -> None:
-        """Lets executors finish for `grace` seconds, then cancels the rest."""
-        tasks = [handle.task for handle in self.running.values()]
-        if not tasks:
+        """Shutdown: executors that are harvesting get `grace` seconds to finish; the others
+        stop at once, leaving their containers running to be adopted on the next start."""
+        handles = dict(self.running)
+        harvesting = {h.task for rid, h in handles.items() if self.phase_of(rid) == "finishing"}
+        for handle in handles.values():
+            if handle.task not in harvesting:
+                handle.task.cancel()
+        if harvesting:
+            _, pending = await asyncio.wait(harvesting, timeout=grace)
+            for task in pending:
+                task.cancel()
+        tasks = [h.task for h in handles.values()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
+
+
+class LeaseKeeper(LoopService):
+    """Renews the leases of the runs this instance is executing."""
+
+    name = "leases"
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        dispatcher: Dispatcher,
+        *,
+        lease_seconds: float,
+    ) -> None:
+        super().__init__(lease_seconds / 3)
+        self.sessionmaker = sessionmaker
+        self.dispatcher = dispatcher
+        self.lease_seconds = lease_seconds
+
+    async def run_once(self) -> None:
+        run_ids = list(self.dispatcher.running)
+        if not run_ids:
             return
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending, timeout=30)
+        until = utcnow() + timedelta(seconds=self.lease_seconds)
+        async with self.sessionmaker() as session, session.begin():
+            await RunRepository(session).renew_leases(run_ids, self.dispatcher.instance_id, until)

@@ -10,20 +10,27 @@ import json
 import logging
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal
+from typing import IO, Any, BinaryIO, Literal, TypeVar
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.adapters.ports import (
     AdapterError,
     BucketNotFound,
+    ContainerNotFound,
     ContainerRuntime,
     ContainerSpec,
+    ContainerState,
     ImageNotFound,
     ObjectStore,
+    ObjectStoreError,
+    RuntimeUnavailable,
 )
 from app.db import utcnow
 from app.models import Run, RunState
@@ -34,8 +41,8 @@ from app.services.environments import (
     EnvironmentUnavailable,
 )
 from app.services.metrics import MetricsReport, parse_metrics_tsv
-from app.services.runs import IllegalTransition, transition
-from app.services.s3uri import S3Location, parse_s3_uri, safe_relative_path
+from app.services.runs import result_location, retry_decision, transition
+from app.services.s3uri import parse_s3_uri, safe_relative_path
 from app.services.workspace import (
     ENTRYPOINT,
     META_DIR,
@@ -49,6 +56,8 @@ from app.workers.watcher import ContainerWatcher
 log = logging.getLogger(__name__)
 
 Outcome = Literal["exited", "timed_out", "cancelled"]
+OUTCOMES = frozenset({"exited", "timed_out", "cancelled"})
+T = TypeVar("T")
 MANAGED_LABELS = ("taskdeploy.managed", "taskdeploy.instance", "taskdeploy.run_id")
 STOP_WAIT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
@@ -77,11 +86,9 @@ class ExecutorConfig:
     max_output_files: int
     spool_memory_bytes: int
     tmp_dir: Path
-
-
-def run_prefix(run: Run) -> S3Location:
-    out = parse_s3_uri(run.output_uri)
-    return S3Location(out.bucket, f"{out.prefix}{run.id}/")
+    prepare_deadline_seconds: float = 1800.0
+    finish_deadline_seconds: float = 1800.0
+    db_retry_seconds: float = 120.0
 
 
 class RunExecutor:
@@ -105,18 +112,38 @@ class RunExecutor:
         self.environments = environments
         self.watcher = watcher
         self.on_image_built = on_image_built
+        self.phases: dict[str, str] = {}  # run id -> preparing | running | finishing
 
     # ------------------------------------------------------------------ database
+    async def _db(self, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
+        """Runs `operation` in its own short transaction, retrying while the database is
+        unreachable (a restart, a failover) up to the configured deadline."""
+        delay = 0.5
+        deadline = time.monotonic() + self.config.db_retry_seconds
+        while True:
+            try:
+                async with self.sessionmaker() as session, session.begin():
+                    return await operation(session)
+            except (OperationalError, InterfaceError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _load(self, run_id: str) -> Run:
-        async with self.sessionmaker() as session:
-            run = await RunRepository(session).get(run_id)
+        run = await self._db(lambda session: RunRepository(session).get(run_id))
         if run is None:
             raise RunAborted(RunState.ERROR, "run vanished from the database")
         return run
 
     async def _update(self, run_id: str, **values: Any) -> None:
-        async with self.sessionmaker() as session, session.begin():
-            await RunRepository(session).update_fields(run_id, values)
+        await self._db(lambda session: RunRepository(session).update_fields(run_id, values))
 
     async def _transition(
         self,
@@ -126,8 +153,11 @@ class RunExecutor:
         detail: str | None = None,
         **values: Any,
     ) -> None:
-        async with self.sessionmaker() as session, session.begin():
-            await transition(session, run_id, to, expected=expected, detail=detail, **values)
+        await self._db(
+            lambda session: transition(
+                session, run_id, to, expected=expected, detail=detail, **values
+            )
+        )
 
     async def _check_cancel(self, run_id: str, cancel: asyncio.Event) -> None:
         if cancel.is_set() or (await self._load(run_id)).cancel_requested:
@@ -135,57 +165,122 @@ class RunExecutor:
 
     # ------------------------------------------------------------------ pipeline
     async def execute(self, run_id: str, cancel: asyncio.Event) -> None:
+        """Runs a claimed run to its end, or resumes one another process left half-way:
+        preparing starts over, running is adopted, finishing is harvested again."""
         container_id: str | None = None
+        keep_container = False
         try:
             run = await self._load(run_id)
-            await self._check_cancel(run_id, cancel)
-            image_ref = await self._environment(run)
-            await self._check_cancel(run_id, cancel)
-            how = "cached" if image_ref.cached else f"built ({image_ref.build_seconds:.1f} s)"
-            with self._spool() as workspace_tar:
-                await self._stage_inputs(run, workspace_tar)
-                container_id = await self._create_container(run, image_ref.tag)
-                await self._update(run_id, container_id=container_id)
-                workspace_tar.seek(0)
-                await self.runtime.put_archive(container_id, "/workspace", workspace_tar)
-            await self._check_cancel(run_id, cancel)
-            died = self.watcher.expect(container_id)
-            await self.runtime.start(container_id)
-            await self._transition(
-                run_id,
-                RunState.RUNNING,
-                RunState.PREPARING,
-                f"container {container_id[:12]} started from {how} environment image "
-                f"{image_ref.tag}",
-            )
-            flag_watch = asyncio.create_task(self._watch_cancel_flag(run_id, cancel))
-            try:
-                outcome = await self._wait(container_id, died, run.timeout_seconds, cancel)
-            finally:
-                flag_watch.cancel()
-            await self._transition(run_id, RunState.FINISHING, RunState.RUNNING, outcome)
+            state = RunState(run.state)
+            if state == RunState.PREPARING:
+                await self._remove_leftovers(run_id)  # a half-done preparation starts over
+                self._phase(run_id, "preparing")
+                try:
+                    container_id = await asyncio.wait_for(
+                        self._prepare(run, cancel), self.config.prepare_deadline_seconds
+                    )
+                except TimeoutError as exc:
+                    raise RunAborted(
+                        RunState.ERROR,
+                        f"preparation took longer than {self.config.prepare_deadline_seconds:g} s",
+                    ) from exc
+                run = await self._load(run_id)
+            else:
+                found = await self._find_container(run_id)
+                if found is None:
+                    raise RunAborted(
+                        RunState.ERROR, f"instance lost: the {state} run's container is gone"
+                    )
+                container_id = found.id
+            if RunState(run.state) == RunState.RUNNING:
+                self._phase(run_id, "running")
+                outcome = await self._await_exit(run, container_id, cancel)
+                await self._transition(run_id, RunState.FINISHING, RunState.RUNNING, outcome)
+            else:
+                outcome = await self._recorded_outcome(run_id)
+            self._phase(run_id, "finishing")
             await self._finish(await self._load(run_id), container_id, outcome)
         except RunAborted as exc:
-            await self._abort(run_id, exc.state, exc.reason)
+            await self._end_early(run_id, exc.state, exc.reason)
         except EnvironmentUnavailable as exc:
             await self._upload_build_log(run_id, exc.build_log)
-            await self._abort(run_id, RunState.ERROR, exc.reason)
+            await self._end_early(run_id, RunState.ERROR, exc.reason)
         except AdapterError as exc:
-            await self._abort(run_id, RunState.ERROR, f"{type(exc).__name__}: {exc}")
+            await self._end_early(run_id, RunState.ERROR, f"{type(exc).__name__}: {exc}")
         except asyncio.CancelledError:
-            await asyncio.shield(
-                self._abort(run_id, RunState.ERROR, "interrupted: the service shut down")
-            )
+            # Shutdown: the run keeps its state and its container; once this instance's
+            # lease lapses, the next process (or another replica) resumes it.
+            keep_container = True
             raise
         except Exception as exc:
             log.exception("run %s: unexpected failure", run_id)
-            await self._abort(
+            await self._end_early(
                 run_id, RunState.ERROR, f"internal error: {type(exc).__name__}: {exc}"
             )
         finally:
+            self.phases.pop(run_id, None)
             if container_id is not None:
                 self.watcher.forget(container_id)
+                if not keep_container:
+                    await asyncio.shield(self._remove_container(container_id))
+
+    def _phase(self, run_id: str, phase: str) -> None:
+        self.phases[run_id] = phase
+
+    async def _prepare(self, run: Run, cancel: asyncio.Event) -> str:
+        """Environment image, container, inputs, start: returns the started container's id."""
+        await self._check_cancel(run.id, cancel)
+        image_ref = await self._environment(run)
+        await self._check_cancel(run.id, cancel)
+        how = "cached" if image_ref.cached else f"built ({image_ref.build_seconds:.1f} s)"
+        with self._spool() as workspace_tar:
+            await self._stage_inputs(run, workspace_tar)
+            container_id = await self._create_container(run, image_ref.tag)
+            try:
+                await self._update(run.id, container_id=container_id)
+                workspace_tar.seek(0)
+                await self.runtime.put_archive(container_id, "/workspace", workspace_tar)
+                await self._check_cancel(run.id, cancel)
+                self.watcher.expect(container_id)  # before start: the die event can't be missed
+                await self.runtime.start(container_id)
+            except BaseException:
                 await asyncio.shield(self._remove_container(container_id))
+                raise
+        await self._transition(
+            run.id,
+            RunState.RUNNING,
+            RunState.PREPARING,
+            f"container {container_id[:12]} started from {how} environment image {image_ref.tag}",
+        )
+        return container_id
+
+    async def _find_container(self, run_id: str) -> ContainerState | None:
+        found = await self.runtime.list_containers({"taskdeploy.run_id": run_id})
+        return found[0] if found else None
+
+    async def _remove_leftovers(self, run_id: str) -> None:
+        for container in await self.runtime.list_containers({"taskdeploy.run_id": run_id}):
+            await self._remove_container(container.id)
+
+    async def _recorded_outcome(self, run_id: str) -> Outcome:
+        """How the command ended, as recorded when the run entered `finishing`."""
+        events = await self._db(lambda session: RunRepository(session).events(run_id))
+        for event in reversed(events):
+            if event.to_state == RunState.FINISHING.value and event.detail in OUTCOMES:
+                return event.detail  # type: ignore[return-value]
+        return "exited"
+
+    async def _await_exit(self, run: Run, container_id: str, cancel: asyncio.Event) -> Outcome:
+        """Waits for the container (adopted ones too), enforcing the time limit from the
+        run's original start."""
+        died = self.watcher.expect(container_id)
+        started = run.started_at or utcnow()
+        remaining = run.timeout_seconds - (utcnow() - started).total_seconds()
+        flag_watch = asyncio.create_task(self._watch_cancel_flag(run.id, cancel))
+        try:
+            return await self._wait(container_id, died, max(remaining, 0.0), cancel)
+        finally:
+            flag_watch.cancel()
 
     async def _remove_container(self, container_id: str) -> None:
         try:
@@ -193,18 +288,68 @@ class RunExecutor:
         except AdapterError:
             log.warning("could not remove container %s", container_id, exc_info=True)
 
-    async def _abort(self, run_id: str, state: RunState, reason: str) -> None:
-        """Ends a run that did not reach a normal finish, whatever state it got to."""
+    async def _end_early(self, run_id: str, state: RunState, reason: str) -> None:
+        """Ends (or retries) a run that did not reach a normal finish, whatever its state."""
         try:
-            async with self.sessionmaker() as session, session.begin():
-                run = await RunRepository(session).get(run_id)
-                if run is None or RunState(run.state).terminal:
-                    return
-                await transition(session, run_id, state, detail=reason, status_reason=reason)
-        except IllegalTransition:
-            log.warning("run %s: could not record %s (%s)", run_id, state, reason)
+            await self._db(lambda session: self._settle(session, run_id, state, reason, {}))
         except Exception:
             log.exception("run %s: could not record %s (%s)", run_id, state, reason)
+
+    async def _settle(
+        self,
+        session: AsyncSession,
+        run_id: str,
+        state: RunState,
+        reason: str | None,
+        values: dict[str, Any],
+        *,
+        detail: str | None = None,
+    ) -> None:
+        """The final transition, or a retry when the run's policy asks for one."""
+        run = await RunRepository(session).get(run_id)
+        if run is None or RunState(run.state).terminal:
+            return
+        retry = retry_decision(run, state, values.get("exit_code"))
+        summary = {
+            "attempt": run.attempt,
+            "state": state.value,
+            "status_reason": reason,
+            "exit_code": values.get("exit_code"),
+            "oom_killed": values.get("oom_killed", False),
+            "started_at": run.started_at.isoformat() if run.started_at else None,
+            "finished_at": utcnow().isoformat(),
+            "prefix": result_location(run).prefix,
+        }
+        if retry is None:
+            if run.retry_policy:
+                values["attempts"] = [*run.attempts, summary]
+            await transition(
+                session,
+                run_id,
+                state,
+                detail=detail or reason or state.value,
+                status_reason=reason,
+                **values,
+            )
+            return
+        await transition(
+            session,
+            run_id,
+            RunState.QUEUED,
+            detail=f"attempt {run.attempt} ended {state.value}; attempt {run.attempt + 1} "
+            f"in {retry:g} s",
+            attempt=run.attempt + 1,
+            attempts=[*run.attempts, summary],
+            not_before=utcnow() + timedelta(seconds=retry),
+            status_reason=reason,
+            exit_code=None,
+            oom_killed=False,
+            started_at=None,
+            container_id=None,
+            instance_id=None,
+            lease_expires_at=None,
+            cancel_requested=False,
+        )
 
     @contextlib.contextmanager
     def _spool(self) -> Any:
@@ -233,7 +378,7 @@ class RunExecutor:
             return
         try:
             run = await self._load(run_id)
-            where = run_prefix(run)
+            where = result_location(run)
             await self.store.put_bytes(
                 where.bucket,
                 f"{where.prefix}build.log",
@@ -258,6 +403,7 @@ class RunExecutor:
                 "INPUT_DIR": "/workspace/input",
                 "OUTPUT_DIR": "/workspace/output",
                 "TASKDEPLOY_RUN_ID": run.id,
+                "TASKDEPLOY_ATTEMPT": str(run.attempt),
                 "HOME": "/tmp",
                 "TASKDEPLOY_METRICS_INTERVAL": f"{cfg.metrics_interval:g}",
                 "TASKDEPLOY_LOG_LIMIT": str(cfg.log_limit_bytes),
@@ -338,23 +484,41 @@ class RunExecutor:
         timeout: float,
         cancel: asyncio.Event,
     ) -> Outcome:
-        waited = asyncio.ensure_future(self.runtime.wait(container_id))
-        cancelled = asyncio.ensure_future(cancel.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {died, waited, cancelled}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            cancelled.cancel()
-            if not waited.done():
-                waited.cancel()
-        if died in done or waited in done:
-            if waited in done and waited.exception() is not None:
-                raise waited.exception()  # type: ignore[misc]
-            return "exited"
-        outcome: Outcome = "cancelled" if cancelled in done else "timed_out"
-        await self._stop(container_id, died)
-        return outcome
+        """The container's `die` event, `wait` as the fallback, the time limit or a cancel,
+        whichever comes first. While the engine is unreachable it looks again with backoff."""
+        loop = asyncio.get_running_loop()
+        time_limit = loop.time() + timeout
+        delay = 1.0
+        while True:
+            waited = asyncio.ensure_future(self.runtime.wait(container_id))
+            cancelled = asyncio.ensure_future(cancel.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    {died, waited, cancelled},
+                    timeout=max(time_limit - loop.time(), 0.0),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                cancelled.cancel()
+                if not waited.done():
+                    waited.cancel()
+            if died in done:
+                return "exited"
+            if waited in done:
+                failure = waited.exception()
+                if failure is None:
+                    return "exited"
+                if isinstance(failure, ContainerNotFound):
+                    raise RunAborted(RunState.ERROR, "instance lost: the container disappeared")
+                log.warning(
+                    "wait on %s failed (%s); retrying in %.0f s", container_id, failure, delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+                continue
+            outcome: Outcome = "cancelled" if cancelled in done else "timed_out"
+            await self._stop(container_id, died)
+            return outcome
 
     async def _stop(self, container_id: str, died: asyncio.Future[Any]) -> None:
         """SIGTERM first so the wrapper can flush the logs and write its final sample, then
@@ -374,10 +538,33 @@ class RunExecutor:
 
     # ------------------------------------------------------------------ 7. harvest and upload
     async def _finish(self, run: Run, container_id: str, outcome: Outcome) -> None:
+        """Harvests and uploads, retrying while Docker or the object store is unreachable
+        (uploads overwrite the same keys, so a retry leaves no duplicates)."""
+        deadline = time.monotonic() + self.config.finish_deadline_seconds
+        delay = 1.0
+        while True:
+            try:
+                await self._harvest_and_settle(run, container_id, outcome)
+                return
+            except BucketNotFound as exc:
+                where = result_location(run)
+                raise RunAborted(
+                    RunState.ERROR, f"output bucket {where.bucket!r} does not exist"
+                ) from exc
+            except (ObjectStoreError, RuntimeUnavailable) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise RunAborted(RunState.ERROR, f"could not store the results: {exc}") from exc
+                log.warning("run %s: harvest failed (%s); retrying in %.0f s", run.id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+
+    async def _harvest_and_settle(self, run: Run, container_id: str, outcome: Outcome) -> None:
         state = await self.runtime.inspect(container_id)
-        exit_code = state.exit_code if state else None
-        oom = bool(state and state.oom_killed) or container_id in self.watcher.oom_seen
-        where = run_prefix(run)
+        if state is None:
+            raise RunAborted(RunState.ERROR, "instance lost: the container vanished before harvest")
+        exit_code = state.exit_code
+        oom = state.oom_killed or container_id in self.watcher.oom_seen
+        where = result_location(run)
         artifacts: list[dict[str, Any]] = []
 
         async def upload(rel: str, fileobj: BinaryIO, content_type: str | None = None) -> None:
@@ -387,30 +574,24 @@ class RunExecutor:
             )
             artifacts.append({"key": key, "size": size})
 
-        try:
-            logs, report = await self._harvest_meta(container_id, upload)
-            plan = await self._harvest_outputs(container_id, upload)
-        except BucketNotFound as exc:
-            raise RunAborted(
-                RunState.ERROR, f"output bucket {where.bucket!r} does not exist"
-            ) from exc
-
+        logs, report = await self._harvest_meta(container_id, upload)
+        plan = await self._harvest_outputs(container_id, upload)
         final, reason = self._verdict(outcome, exit_code, oom, plan)
         metrics_doc = {"run_id": run.id, **report.to_json()}
         await upload("metrics.json", _json_file(metrics_doc), "application/json")
         manifest = await self._manifest(run, final, reason, exit_code, oom, artifacts, plan, logs)
         await upload("run.json", _json_file(manifest), "application/json")
-        await self._transition(
-            run.id,
-            final,
-            RunState.FINISHING,
-            reason or f"exit code {exit_code}",
-            exit_code=exit_code,
-            oom_killed=oom,
-            status_reason=reason,
-            metrics=metrics_doc["summary"],
-            artifacts=artifacts,
-            logs=logs,
+        values = {
+            "exit_code": exit_code,
+            "oom_killed": oom,
+            "metrics": metrics_doc["summary"],
+            "artifacts": artifacts,
+            "logs": logs,
+        }
+        await self._db(
+            lambda session: self._settle(
+                session, run.id, final, reason, values, detail=reason or f"exit code {exit_code}"
+            )
         )
 
     @staticmethod

@@ -1,48 +1,91 @@
-"""Start-up reconciliation: runs this instance left active when it last stopped, and its containers."""
+"""Database ↔ Docker reconciliation: recovers runs whose replica vanished, removes leftovers."""
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.adapters.ports import AdapterError, ContainerRuntime
-from app.models import RunState
+from app.db import utcnow
 from app.repositories import RunRepository
-from app.services.runs import IllegalTransition, transition
+from app.workers.base import LoopService
+from app.workers.dispatcher import Dispatcher
 
 log = logging.getLogger(__name__)
 
+RECOVER_BATCH = 50
 
-class Reconciler:
-    """Ends this instance's orphaned runs in `error` and removes its labelled containers."""
+
+class Reconciler(LoopService):
+    """At start-up and every `interval` seconds:
+
+    * an active run whose lease expired (its replica was killed or stopped) is taken over and
+      resumed here: preparation starts over, a running container is adopted (its time limit
+      still counted from its first start), an exited one is harvested, a missing one ends the
+      run in `error` ("instance lost") or retries it when its policy allows;
+    * a container labelled by this service whose run is finished, or unknown and labelled by
+      this instance, is removed. Containers without our labels are never touched.
+    """
+
+    name = "reconciler"
 
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
         runtime: ContainerRuntime,
-        instance_id: str,
+        dispatcher: Dispatcher,
+        *,
+        lease_seconds: float,
+        interval: float,
     ) -> None:
+        super().__init__(interval)
         self.sessionmaker = sessionmaker
         self.runtime = runtime
-        self.instance_id = instance_id
+        self.dispatcher = dispatcher
+        self.instance_id = dispatcher.instance_id
+        self.lease_seconds = lease_seconds
 
     async def run_once(self) -> None:
+        await self.recover()
+        await self.remove_leftovers()
+
+    async def recover(self) -> list[str]:
+        now = utcnow()
+        until = now + timedelta(seconds=self.lease_seconds)
+        taken: list[str] = []
         async with self.sessionmaker() as session, session.begin():
-            orphans = await RunRepository(session).active_runs(self.instance_id)
-            for run in orphans:
-                try:
-                    reason = "instance restarted while the run was active"
-                    await transition(
-                        session, run.id, RunState.ERROR, detail=reason, status_reason=reason
-                    )
-                except IllegalTransition:
-                    continue
-        labels = {"taskdeploy.managed": "true", "taskdeploy.instance": self.instance_id}
-        for container in await self.runtime.list_containers(labels):
+            repo = RunRepository(session)
+            for run in await repo.expired_leases(now, RECOVER_BATCH):
+                if run.id in self.dispatcher.running:
+                    continue  # ours and alive: the lease keeper is just late
+                if await repo.take_over(run, self.instance_id, now, until):
+                    taken.append(run.id)
+        for run_id in taken:
+            log.warning("run %s: lease expired; resuming it on %s", run_id, self.instance_id)
+            self.dispatcher.launch(run_id)
+        return taken
+
+    async def remove_leftovers(self) -> int:
+        try:
+            containers = await self.runtime.list_containers({"taskdeploy.managed": "true"})
+        except AdapterError as exc:
+            log.warning("reconciler: Docker engine unavailable (%s)", exc)
+            return 0
+        run_ids = [c.labels.get("taskdeploy.run_id", "") for c in containers]
+        async with self.sessionmaker() as session:
+            states = await RunRepository(session).states_of([r for r in run_ids if r])
+        removed = 0
+        for run_id, container in zip(run_ids, containers, strict=True):
+            state = states.get(run_id)
+            mine = container.labels.get("taskdeploy.instance") == self.instance_id
+            orphan = (state is None and mine) or (state is not None and state.terminal)
+            if not orphan or run_id in self.dispatcher.running:
+                continue
             try:
                 await self.runtime.remove(container.id)
+                removed += 1
             except AdapterError:
                 log.warning("could not remove leftover container %s", container.id, exc_info=True)
-        if orphans:
-            log.warning("ended %d orphaned run(s) of instance %s", len(orphans), self.instance_id)
+        return removed

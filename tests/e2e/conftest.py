@@ -41,6 +41,13 @@ def service_factory(e2e_tmp: Path) -> Iterator[Any]:
     yield factory
     for service in started:
         service.stop()
+        # A stopped service leaves running containers for its next start to adopt; the suite
+        # has no next start, so it removes what its services left.
+        leftovers = docker_ids(
+            "ps", "-aq", "--filter", f"label=taskdeploy.instance={service.instance_id}"
+        )
+        if leftovers:
+            docker_ids("rm", "-f", "-v", *leftovers)
 
 
 @pytest.fixture(scope="session")

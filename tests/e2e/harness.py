@@ -61,6 +61,11 @@ class Service:
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as in a crash or an OOM kill of the service."""
+        self.process.kill()
+        self.process.wait(timeout=30)
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -93,8 +98,16 @@ def start_service(tmp: Path, env_overrides: dict[str, str]) -> Service:
         }
     )
     env.update(env_overrides)
+    return launch_service(env)
+
+
+def launch_service(env: dict[str, str]) -> Service:
+    """Starts `taskdeploy serve` with exactly `env` (a restart passes the old service's env:
+    same port, instance id, data dir and database) and waits until it answers."""
+    port, instance_id = env["TASKDEPLOY_PORT"], env["TASKDEPLOY_INSTANCE_ID"]
+    data_dir = Path(env["TASKDEPLOY_DATA_DIR"])
     log_path = data_dir / "service.log"
-    with log_path.open("wb") as log_file:
+    with log_path.open("ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve"],
             cwd=REPO,
