@@ -262,8 +262,19 @@ class EnvironmentImageRepository:
     async def get(self, key: str) -> EnvironmentImage | None:
         return await self.session.get(EnvironmentImage, key, populate_existing=True)
 
-    async def upsert(self, image: EnvironmentImage) -> None:
-        await self.session.merge(image)
+    async def record_use(self, values: dict[str, Any]) -> None:
+        """Inserts the image's row or, when another run or replica has one, refreshes it:
+        one statement, so concurrent first uses cannot collide."""
+        statement = _insert(self.session, EnvironmentImage.__table__).values(**values)
+        statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
+            index_elements=["key"],
+            set_={
+                "image_id": statement.excluded.image_id,  # type: ignore[attr-defined]
+                "size_bytes": statement.excluded.size_bytes,  # type: ignore[attr-defined]
+                "last_used_at": statement.excluded.last_used_at,  # type: ignore[attr-defined]
+            },
+        )
+        await self.session.execute(statement)
 
     async def touch(self, key: str) -> None:
         await self.session.execute(

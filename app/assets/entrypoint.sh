@@ -224,7 +224,9 @@ td_keep="$td_sampler $td_readers"
 # defers traps until its foreground command ends): the trap kills the command's processes and
 # the script goes on to flush the logs and write the final sample.
 td_stopping=0
-trap 'td_stopping=1; kill_strays all' TERM INT
+# The `stopped` line tells the service the stop came from outside the command: from the service
+# itself (time limit, cancel) or, when the service sent nothing, from an engine restart.
+trap 'td_stopping=1; printf "stopped\n" >>"$td_metrics"; kill_strays all' TERM INT
 /bin/sh "$td_dir/command.sh" </dev/null >"$td_dir/stdout.fifo" 2>"$td_dir/stderr.fifo" &
 td_command=$!
 wait "$td_command"

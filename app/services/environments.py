@@ -15,7 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.adapters.ports import ContainerRuntime, ImageBuildFailed
 from app.db import utcnow
-from app.models import EnvironmentImage
 from app.repositories import EnvironmentImageRepository, RunRepository
 
 log = logging.getLogger(__name__)
@@ -170,25 +169,20 @@ class EnvironmentImages:
     async def _record(
         self, key: str, tag: str, image_id: str, base_image: str, packages: list[str], size: int
     ) -> None:
+        now = utcnow()
         async with self.sessionmaker() as session, session.begin():
-            repo = EnvironmentImageRepository(session)
-            row = await repo.get(key)
-            if row is None:
-                row = EnvironmentImage(
-                    key=key,
-                    tag=tag,
-                    image_id=image_id,
-                    base_image=base_image,
-                    packages=sorted(set(packages)),
-                    size_bytes=size,
-                    created_at=utcnow(),
-                    last_used_at=utcnow(),
-                )
-                session.add(row)
-            else:
-                row.image_id = image_id
-                row.size_bytes = size
-                row.last_used_at = utcnow()
+            await EnvironmentImageRepository(session).record_use(
+                {
+                    "key": key,
+                    "tag": tag,
+                    "image_id": image_id,
+                    "base_image": base_image,
+                    "packages": sorted(set(packages)),
+                    "size_bytes": size,
+                    "created_at": now,
+                    "last_used_at": now,
+                }
+            )
 
     async def evict(self, *, max_count: int, max_bytes: int) -> list[str]:
         """Removes least-recently-used environment images beyond the caps, never one in use."""

@@ -28,6 +28,7 @@ from app.adapters.ports import (
     ContainerSpec,
     ContainerState,
     ImageNotFound,
+    ObjectNotFound,
     ObjectStore,
     ObjectStoreError,
     RuntimeUnavailable,
@@ -172,6 +173,9 @@ class RunExecutor:
         try:
             run = await self._load(run_id)
             state = RunState(run.state)
+            if state == RunState.PREPARING and await self._adopt_started(run):
+                run = await self._load(run_id)
+                state = RunState(run.state)
             if state == RunState.PREPARING:
                 await self._remove_leftovers(run_id)  # a half-done preparation starts over
                 self._phase(run_id, "preparing")
@@ -234,7 +238,7 @@ class RunExecutor:
         await self._check_cancel(run.id, cancel)
         how = "cached" if image_ref.cached else f"built ({image_ref.build_seconds:.1f} s)"
         with self._spool() as workspace_tar:
-            await self._stage_inputs(run, workspace_tar)
+            await self._stage_inputs_retrying(run, workspace_tar)
             container_id = await self._create_container(run, image_ref.tag)
             try:
                 await self._update(run.id, container_id=container_id)
@@ -253,6 +257,21 @@ class RunExecutor:
             f"container {container_id[:12]} started from {how} environment image {image_ref.tag}",
         )
         return container_id
+
+    async def _adopt_started(self, run: Run) -> bool:
+        """A crash between starting the container and recording it leaves a `preparing` run
+        whose command already runs: adopt it rather than start the command a second time."""
+        found = await self._find_container(run.id)
+        if found is None or found.started_at is None:
+            return False
+        await self._transition(
+            run.id,
+            RunState.RUNNING,
+            RunState.PREPARING,
+            f"adopted container {found.id[:12]}, started before the crash",
+            started_at=found.started_at,
+        )
+        return True
 
     async def _find_container(self, run_id: str) -> ContainerState | None:
         found = await self.runtime.list_containers({"taskdeploy.run_id": run_id})
@@ -429,6 +448,23 @@ class RunExecutor:
             return await self.runtime.create_container(dataclasses.replace(spec, image=ref.tag))
 
     # ------------------------------------------------------------------ 3. inputs
+    async def _stage_inputs_retrying(self, run: Run, spool: BinaryIO) -> None:
+        """Stages the inputs, starting over while the object store is unreachable (bounded by
+        the preparation deadline); a missing bucket or key is final."""
+        delay = 1.0
+        while True:
+            try:
+                await self._stage_inputs(run, spool)
+                return
+            except (BucketNotFound, ObjectNotFound):
+                raise
+            except ObjectStoreError as exc:
+                log.warning("run %s: staging failed (%s); retrying in %.0f s", run.id, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
+                spool.seek(0)
+                spool.truncate()
+
     async def _stage_inputs(self, run: Run, spool: BinaryIO) -> None:
         writer = WorkspaceTarWriter(spool)
         write_workspace_skeleton(writer, run.command)
@@ -574,9 +610,17 @@ class RunExecutor:
             )
             artifacts.append({"key": key, "size": size})
 
-        logs, report = await self._harvest_meta(container_id, upload)
+        logs, report, stopped = await self._harvest_meta(container_id, upload)
         plan = await self._harvest_outputs(container_id, upload)
         final, reason = self._verdict(outcome, exit_code, oom, plan)
+        if outcome == "exited" and stopped:
+            # The wrapper was told to stop and the service did not ask: the engine restarted
+            # (it stops every container) or someone stopped the container by hand.
+            final = RunState.ERROR
+            reason = (
+                "the container was stopped from outside the service (Docker engine restart or "
+                f"docker stop) with exit code {exit_code}"
+            )
         metrics_doc = {"run_id": run.id, **report.to_json()}
         await upload("metrics.json", _json_file(metrics_doc), "application/json")
         manifest = await self._manifest(run, final, reason, exit_code, oom, artifacts, plan, logs)
@@ -631,8 +675,9 @@ class RunExecutor:
 
     async def _harvest_meta(
         self, container_id: str, upload: Callable[..., Any]
-    ) -> tuple[dict[str, Any], MetricsReport]:
-        """Logs and metrics the wrapper left in /workspace/.taskdeploy."""
+    ) -> tuple[dict[str, Any], MetricsReport, bool]:
+        """Logs and metrics the wrapper left in /workspace/.taskdeploy, and whether the
+        wrapper was sent a stop signal."""
         cap = 2 * self.config.log_limit_bytes + 64 * 1024 * 1024
         logs: dict[str, Any] = {}
         metrics_text = ""
@@ -655,7 +700,8 @@ class RunExecutor:
                 await upload(f"{stream}.log", _bytes_file(body), "text/plain; charset=utf-8")
                 logs[stream] = {"bytes": total, "kept_bytes": len(kept), "truncated": truncated}
             metrics_text = members.get("metrics.tsv", b"").decode(errors="replace")
-        return logs, parse_metrics_tsv(metrics_text)
+        stopped = "\nstopped\n" in f"\n{metrics_text}"
+        return logs, parse_metrics_tsv(metrics_text), stopped
 
     async def _harvest_outputs(self, container_id: str, upload: Callable[..., Any]) -> OutputPlan:
         cap = self.config.max_output_bytes + 64 * 1024 * 1024

@@ -71,3 +71,25 @@ def sqlite_service(service_factory: Any) -> Service:
 async def client(pg_service: Service) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as c:
         yield c
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault suite's figures: kills survived, recovery time after the restart."""
+    from tests.e2e.test_crash_safety import FAULT_SUMMARY
+
+    if not FAULT_SUMMARY:
+        return
+    survived = [case for case in FAULT_SUMMARY if case["ok"]]
+    times = sorted(case["recovery_seconds"] for case in survived if "recovery_seconds" in case)
+    write = terminalreporter.write_line
+    write("")
+    write("fault suite: SIGKILL of the service, then a restart")
+    for case in FAULT_SUMMARY:
+        seconds = case.get("recovery_seconds")
+        shown = f"{seconds:6.1f} s" if seconds is not None else "     -  "
+        write(f"  {case['case']:<32} {'survived' if case['ok'] else 'FAILED'}  recovery {shown}")
+    write(f"  kills survived: {len(survived)}/{len(FAULT_SUMMARY)}")
+    if times:
+        p50 = times[len(times) // 2]
+        p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+        write(f"  recovery after restart: p50 {p50:.1f} s, p99 {p99:.1f} s (lease 3 s)")

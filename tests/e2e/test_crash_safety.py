@@ -33,6 +33,8 @@ FAST_RECOVERY = {
     "TASKDEPLOY_RECONCILE_INTERVAL_SECONDS": "1",
 }
 BIG = 150 * 1000 * 1000
+# One entry per kill: printed as the fault suite's summary (tests/e2e/conftest.py).
+FAULT_SUMMARY: list[dict[str, Any]] = []
 
 
 class Objects:
@@ -175,10 +177,14 @@ async def test_sigkill_in_each_phase_loses_nothing(
 
     env = dict(service.env)
     env["TASKDEPLOY_WORKERS_ENABLED"] = "true"
+    restart_began = time.monotonic()
     restarted = await asyncio.to_thread(launch_service, env)
+    outcome = {"case": f"{phase} ({'sqlite' if objects.root else 'postgresql'})", "ok": False}
+    FAULT_SUMMARY.append(outcome)
     try:
         async with httpx.AsyncClient(base_url=restarted.base_url, timeout=30) as client:
             run = await wait_for_state(client, run_id, TERMINAL, 300)
+            outcome["recovery_seconds"] = time.monotonic() - restart_began
             assert run["state"] == "succeeded", (run, restarted.logs()[-3000:])
             events = (await client.get(f"/v1/runs/{run_id}/events")).json()["items"]
             if phase in {"running", "finishing"}:
@@ -202,6 +208,7 @@ async def test_sigkill_in_each_phase_loses_nothing(
             await asyncio.sleep(0.2)
         assert docker_ids("ps", "-aq", "--filter", f"label=taskdeploy.run_id={run_id}") == []
         assert set(docker_ids("volume", "ls", "-q")) - volumes_before == set()
+        outcome["ok"] = True
     finally:
         restarted.stop()
 
