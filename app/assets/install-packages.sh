@@ -3,7 +3,12 @@
 # then removes the package caches and itself. Names were validated by the service.
 set -eu
 list="$1"
-cleanup() { rm -rf /tmp/taskdeploy-build; }
+# COPY into /tmp creates it root-owned 0755 on images that had none; Docker copies that mode
+# onto the job's /tmp tmpfs, where the unprivileged job must be able to write.
+cleanup() {
+    rm -rf /tmp/taskdeploy-build
+    chmod 1777 /tmp
+}
 trap cleanup EXIT
 if [ ! -s "$list" ]; then
     exit 0

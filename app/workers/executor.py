@@ -48,6 +48,7 @@ from app.services.workspace import (
     ENTRYPOINT,
     META_DIR,
     OutputPlan,
+    TarHeaderScanner,
     WorkspaceTarWriter,
     plan_outputs,
     write_workspace_skeleton,
@@ -62,6 +63,8 @@ T = TypeVar("T")
 MANAGED_LABELS = ("taskdeploy.managed", "taskdeploy.instance", "taskdeploy.run_id")
 STOP_WAIT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
+LISTING_BUDGET_SECONDS = 60.0
+MAX_KEY_BYTES = 1024  # S3's limit on an object key
 CANCEL_POLL_SECONDS = 2.0
 
 
@@ -437,7 +440,8 @@ class RunExecutor:
             pids_limit=cfg.pids_limit,
             network_enabled=run.network,
             log_max_bytes=1024 * 1024,
-            tmpfs={"/tmp": f"rw,nosuid,nodev,size={cfg.tmp_size_mb}m"},
+            # mode: an image without /tmp gets a root-owned 0755 one from the build.
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={cfg.tmp_size_mb}m,mode=1777"},
             name=f"taskdeploy-{run.id}",
         )
         try:
@@ -611,7 +615,7 @@ class RunExecutor:
             artifacts.append({"key": key, "size": size})
 
         logs, report, stopped = await self._harvest_meta(container_id, upload)
-        plan = await self._harvest_outputs(container_id, upload)
+        plan = await self._harvest_outputs(container_id, upload, where.prefix)
         final, reason = self._verdict(outcome, exit_code, oom, plan)
         if outcome == "exited" and stopped:
             # The wrapper was told to stop and the service did not ask: the engine restarted
@@ -656,16 +660,31 @@ class RunExecutor:
         return RunState.FAILED, "; ".join([f"exit code {exit_code}", *notes])
 
     async def _download_archive(
-        self, container_id: str, path: str, spool: IO[bytes], cap: int
+        self,
+        container_id: str,
+        path: str,
+        spool: IO[bytes],
+        cap: int,
+        scanner: TarHeaderScanner | None = None,
     ) -> int:
-        """Streams a container path's tar into `spool`, stopping once `cap` bytes are in."""
+        """Streams a container path's tar into `spool`, keeping at most `cap` bytes. With a
+        `scanner`, the rest of the stream is read for its headers only (for at most
+        LISTING_BUDGET_SECONDS), so what was left out can be reported."""
         written = 0
+        listing_ends: float | None = None
         chunks: AsyncIterator[bytes] = self.runtime.stream_archive(container_id, path)
         try:
             async for chunk in chunks:
-                spool.write(chunk)
-                written += len(chunk)
-                if written > cap:
+                if scanner is not None:
+                    scanner.feed(chunk)
+                if written <= cap:
+                    spool.write(chunk)
+                    written += len(chunk)
+                    continue
+                if scanner is None or scanner.finished:
+                    break
+                listing_ends = listing_ends or time.monotonic() + LISTING_BUDGET_SECONDS
+                if time.monotonic() > listing_ends:
                     break
         finally:
             with contextlib.suppress(Exception):
@@ -703,12 +722,15 @@ class RunExecutor:
         stopped = "\nstopped\n" in f"\n{metrics_text}"
         return logs, parse_metrics_tsv(metrics_text), stopped
 
-    async def _harvest_outputs(self, container_id: str, upload: Callable[..., Any]) -> OutputPlan:
+    async def _harvest_outputs(
+        self, container_id: str, upload: Callable[..., Any], prefix: str
+    ) -> OutputPlan:
         cap = self.config.max_output_bytes + 64 * 1024 * 1024
+        scanner = TarHeaderScanner()
         with self._spool() as spool:
             try:
                 available = await self._download_archive(
-                    container_id, "/workspace/output", spool, cap
+                    container_id, "/workspace/output", spool, cap, scanner
                 )
             except AdapterError as exc:
                 plan = OutputPlan()
@@ -723,7 +745,13 @@ class RunExecutor:
                     max_files=self.config.max_output_files,
                     max_bytes=self.config.max_output_bytes,
                     available=available,
+                    max_key_bytes=MAX_KEY_BYTES - len(f"{prefix}output/".encode()),
+                    beyond=scanner.entries,
                 )
+                if available > cap and not scanner.finished:
+                    plan.limit_reason = (
+                        f"{plan.limit_reason}; the listing of what was left out is incomplete"
+                    )
                 for info, member in plan.files:
                     body = tar.extractfile(info)
                     if body is None:
