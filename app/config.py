@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     instance_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     data_dir: Path = Path(".taskdeploy")
 
+    # --- access
+    auth: str = "auto"  # auto: keys required once any exists | required | disabled (loopback only)
+    allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
+    allowed_buckets_by_owner: dict[str, list[str]] = Field(default_factory=dict)  # JSON
+
     # --- storage
     database_url: str = ""  # empty: SQLite under data_dir
     object_store: str = "auto"  # auto | s3 | local
@@ -87,7 +92,7 @@ class Settings(BaseSettings):
     scheduler_max_idle_seconds: float = Field(default=30, gt=0)
     log_level: str = "INFO"
 
-    @field_validator("allowed_images", mode="before")
+    @field_validator("allowed_images", "allowed_buckets", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -96,6 +101,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.auth not in {"auto", "required", "disabled"}:
+            raise ValueError("TASKDEPLOY_AUTH must be auto, required or disabled")
         if self.object_store not in {"auto", "s3", "local"}:
             raise ValueError("TASKDEPLOY_OBJECT_STORE must be auto, s3 or local")
         if self.default_timeout_seconds > self.max_timeout_seconds:

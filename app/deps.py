@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the request's session, the run service, fetch-a-run-or-404."""
+"""FastAPI dependencies: the request's session, the caller, services, fetch-or-404."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.errors import NotFound, Unauthorized
 from app.models import Run, Schedule
+from app.services.auth import LOCAL_PRINCIPAL, Principal, principal_for
 from app.services.runs import RunService
 from app.services.schedules import ScheduleService
 
@@ -35,6 +38,27 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
 
+# Declares the scheme in OpenAPI (Swagger's Authorize button, generated clients).
+bearer = HTTPBearer(auto_error=False, description="An API key from `taskdeploy keys create`")
+
+
+async def get_principal(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    if credentials is not None:
+        principal = await principal_for(session, credentials.credentials)
+        if principal is None:
+            raise Unauthorized("unknown or revoked API key")
+        return principal
+    if await get_context(request).auth_required(session):
+        raise Unauthorized("an API key is required: Authorization: Bearer <token>")
+    return LOCAL_PRINCIPAL
+
+
+CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
+
 
 def get_run_service(request: Request, session: SessionDep) -> RunService:
     context = get_context(request)
@@ -45,9 +69,14 @@ RunServiceDep = Annotated[RunService, Depends(get_run_service)]
 
 
 async def get_run(
-    service: RunServiceDep, run_id: Annotated[str, Path(max_length=64, description="run id")]
+    service: RunServiceDep,
+    principal: CurrentPrincipal,
+    run_id: Annotated[str, Path(max_length=64, description="run id")],
 ) -> Run:
-    return await service.get(run_id)
+    run = await service.get(run_id)
+    if not principal.can_see(run.owner):
+        raise NotFound(f"run {run_id} not found")  # no existence leak: same as a missing one
+    return run
 
 
 RunFromPath = Annotated[Run, Depends(get_run)]
@@ -62,9 +91,13 @@ ScheduleServiceDep = Annotated[ScheduleService, Depends(get_schedule_service)]
 
 async def get_schedule(
     service: ScheduleServiceDep,
+    principal: CurrentPrincipal,
     schedule_id: Annotated[str, Path(max_length=64, description="schedule id")],
 ) -> Schedule:
-    return await service.get(schedule_id)
+    schedule = await service.get(schedule_id)
+    if not principal.can_see(schedule.owner):
+        raise NotFound(f"schedule {schedule_id} not found")
+    return schedule
 
 
 ScheduleFromPath = Annotated[Schedule, Depends(get_schedule)]

@@ -45,6 +45,11 @@ class Forbidden(AppError):
     code = "forbidden"
 
 
+class Unauthorized(AppError):
+    status_code = 401
+    code = "unauthorized"
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     code = "unavailable"
@@ -86,8 +91,11 @@ async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse
 
 async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
     return JSONResponse(
-        status_code=exc.status_code, content=error_body(exc.code, exc.message, exc.field)
+        status_code=exc.status_code,
+        content=error_body(exc.code, exc.message, exc.field),
+        headers=headers,
     )
 
 
@@ -116,7 +124,8 @@ def install_error_handlers(app: FastAPI) -> None:
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in {
-        404: "Not found",
+        401: "Missing, unknown or revoked API key",
+        404: "Not found (or not yours)",
         409: "Conflict with the resource's current state",
         422: "Invalid request; `field` names the first field at fault",
     }.items()

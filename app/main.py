@@ -23,7 +23,9 @@ from app.adapters.s3 import S3ObjectStore
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
+from app.repositories import ApiKeyRepository
 from app.routers import health, runs, schedules
+from app.services.auth import is_loopback
 from app.services.environments import EnvironmentImages
 from app.services.results import RunResults
 from app.services.runs import RunLimits
@@ -37,6 +39,32 @@ from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
 
 log = logging.getLogger("taskdeploy")
+KEY_CHECK_SECONDS = 5.0
+
+
+class UnsafeStartup(RuntimeError):
+    """The settings would expose the service without access control."""
+
+
+async def check_exposure(
+    settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
+) -> None:
+    """Auth may be off only while the service listens on loopback."""
+    if is_loopback(settings.host):
+        return
+    if settings.auth == "disabled":
+        raise UnsafeStartup(
+            f"refusing to listen on {settings.host} with TASKDEPLOY_AUTH=disabled: access "
+            "control may be off only on a loopback address"
+        )
+    async with sessionmaker() as session:
+        keys = await ApiKeyRepository(session).active_count()
+    if keys == 0:
+        raise UnsafeStartup(
+            f"refusing to listen on {settings.host} without API keys: anyone who can reach it "
+            "could run commands. Create one with `taskdeploy keys create --owner NAME "
+            "--admin`, or listen on 127.0.0.1."
+        )
 
 
 @dataclass
@@ -56,6 +84,20 @@ class AppContext:
     janitor: Janitor
     scheduler: Scheduler
     loops: list[LoopService] = field(default_factory=list)
+
+    _keys_exist: bool = False
+    _keys_checked_at: float = -1e9
+
+    async def auth_required(self, session: AsyncSession) -> bool:
+        """`required`: always. `disabled`: never (loopback only). `auto`: once any key exists
+        (re-checked every few seconds, as keys are made by the CLI in another process)."""
+        mode = self.settings.auth
+        if mode != "auto":
+            return mode == "required"
+        if time.monotonic() - self._keys_checked_at > KEY_CHECK_SECONDS:
+            self._keys_exist = await ApiKeyRepository(session).active_count() > 0
+            self._keys_checked_at = time.monotonic()
+        return self._keys_exist
 
     def wake_dispatcher(self) -> None:
         self.dispatcher.wake()
@@ -108,6 +150,10 @@ def run_limits(settings: Settings) -> RunLimits:
         max_timeout_seconds=settings.max_timeout_seconds,
         max_command_bytes=settings.max_command_bytes,
         allow_network=settings.allow_network,
+        allowed_buckets=tuple(settings.allowed_buckets),
+        allowed_buckets_by_owner={
+            owner: tuple(buckets) for owner, buckets in settings.allowed_buckets_by_owner.items()
+        },
     )
 
 
@@ -136,6 +182,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings.effective_database_url)
         stack.push_async_callback(engine.dispose)
         sessionmaker = create_sessionmaker(engine)
+        await check_exposure(settings, sessionmaker)
         runtime = DockerRuntime(settings.docker_url)
         stack.push_async_callback(runtime.close)
         store = await _open_store(settings, stack)

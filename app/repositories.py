@@ -16,6 +16,7 @@ from app.db import utcnow
 from app.models import (
     ACTIVE_STATES,
     TERMINAL_STATES,
+    ApiKey,
     EnvironmentImage,
     Run,
     RunEvent,
@@ -97,9 +98,16 @@ class RunRepository:
         self.session.add(run)
 
     async def page(
-        self, *, states: Sequence[RunState] = (), cursor: str | None = None, limit: int = 50
+        self,
+        *,
+        states: Sequence[RunState] = (),
+        owner: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
     ) -> tuple[list[Run], str | None]:
         query = select(Run)
+        if owner is not None:
+            query = query.where(Run.owner == owner)
         if states:
             query = query.where(Run.state.in_([s.value for s in states]))
         return await _keyset_page(self.session, query, Run, cursor, limit)
@@ -305,8 +313,13 @@ class ScheduleRepository:
     async def delete(self, schedule: Schedule) -> None:
         await self.session.delete(schedule)
 
-    async def page(self, *, cursor: str | None, limit: int) -> tuple[list[Schedule], str | None]:
-        return await _keyset_page(self.session, select(Schedule), Schedule, cursor, limit)
+    async def page(
+        self, *, owner: str | None, cursor: str | None, limit: int
+    ) -> tuple[list[Schedule], str | None]:
+        query = select(Schedule)
+        if owner is not None:
+            query = query.where(Schedule.owner == owner)
+        return await _keyset_page(self.session, query, Schedule, cursor, limit)
 
     async def claim_due(self, now: datetime, limit: int) -> list[Schedule]:
         """Due, unpaused schedules, locked for this transaction; other replicas skip them."""
@@ -347,3 +360,33 @@ class ScheduleRepository:
             .limit(limit)
         )
         return list((await self.session.execute(query)).scalars())
+
+
+class ApiKeyRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    def add(self, key: ApiKey) -> None:
+        self.session.add(key)
+
+    async def by_hash(self, token_sha256: str) -> ApiKey | None:
+        query = select(ApiKey).where(ApiKey.token_sha256 == token_sha256)
+        return (await self.session.execute(query)).scalar_one_or_none()
+
+    async def active_count(self) -> int:
+        query = select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
+        return int((await self.session.execute(query)).scalar_one())
+
+    async def all(self) -> list[ApiKey]:
+        return list(
+            (await self.session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars()
+        )
+
+    async def revoke(self, key_id: str) -> bool:
+        result = await self.session.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)

@@ -100,7 +100,7 @@ class RunCreate(StrictModel):
     timeout_seconds: StrictInt | None = Field(default=None, ge=1)
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
     network: StrictBool = Field(default=False, description="ask for network (operator must allow)")
-    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=150)
     retry: RetryPolicy | None = None
 
     @field_validator("command")
@@ -163,6 +163,7 @@ class RunOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     id: str
+    owner: str
     state: RunState
     status_reason: str | None
     command: str
@@ -283,6 +284,7 @@ class ScheduleUpdate(StrictModel):
 
 class ScheduleOut(BaseModel):
     id: str
+    owner: str
     name: str
     cron: str
     timezone: str

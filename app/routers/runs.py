@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import PlainTextResponse
 
-from app.deps import ContextDep, RunFromPath, RunServiceDep, SessionDep
+from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidRequest
 from app.models import Run, RunState
 from app.repositories import InvalidCursor, RunRepository
@@ -21,6 +21,7 @@ from app.schemas import (
     RunMetricsOut,
     RunOut,
 )
+from app.services.runs import unscoped_idempotency_key
 from app.services.schedules import lateness_seconds
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
@@ -30,6 +31,7 @@ def present_run(run: Run) -> RunOut:
     base = f"/v1/runs/{run.id}"
     return RunOut(
         id=run.id,
+        owner=run.owner,
         state=RunState(run.state),
         status_reason=run.status_reason,
         command=run.command,
@@ -41,7 +43,7 @@ def present_run(run: Run) -> RunOut:
         timeout_seconds=run.timeout_seconds,
         env=run.env,
         network=run.network,
-        idempotency_key=run.idempotency_key,
+        idempotency_key=unscoped_idempotency_key(run.idempotency_key),
         exit_code=run.exit_code,
         oom_killed=run.oom_killed,
         created_at=run.created_at,
@@ -74,10 +76,11 @@ async def create_run(
     response: Response,
     service: RunServiceDep,
     context: ContextDep,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    principal: CurrentPrincipal,
+    idempotency_key: Annotated[str | None, Header(max_length=150)] = None,
 ) -> RunOut:
     """Queue a command to run in a container; returns at once with the queued run."""
-    run, created = await service.create(body, idempotency_key)
+    run, created = await service.create(body, idempotency_key, principal.owner)
     response.status_code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/runs/{run.id}"
     if created:
@@ -89,6 +92,7 @@ async def create_run(
 @router.get("", response_model=Page[RunOut])
 async def list_runs(
     session: SessionDep,
+    principal: CurrentPrincipal,
     state: Annotated[list[RunState] | None, Query(description="filter by state")] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -96,7 +100,7 @@ async def list_runs(
     """List runs, newest first, with cursor pagination."""
     try:
         runs, next_cursor = await RunRepository(session).page(
-            states=state or (), cursor=cursor, limit=limit
+            states=state or (), owner=principal.owner_filter, cursor=cursor, limit=limit
         )
     except InvalidCursor as exc:
         raise InvalidRequest(str(exc), field="cursor") from exc

@@ -6,7 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from app.deps import ContextDep, ScheduleFromPath, ScheduleServiceDep, SessionDep
+from app.deps import (
+    ContextDep,
+    CurrentPrincipal,
+    ScheduleFromPath,
+    ScheduleServiceDep,
+    SessionDep,
+)
 from app.errors import ERROR_RESPONSES, InvalidRequest
 from app.models import Schedule
 from app.repositories import InvalidCursor, RunRepository, ScheduleRepository
@@ -31,6 +37,7 @@ LimitQuery = Annotated[int, Query(ge=1, le=200)]
 def present_schedule(schedule: Schedule) -> ScheduleOut:
     return ScheduleOut(
         id=schedule.id,
+        owner=schedule.owner,
         name=schedule.name,
         cron=schedule.cron,
         timezone=schedule.timezone,
@@ -54,10 +61,14 @@ def present_schedule(schedule: Schedule) -> ScheduleOut:
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ScheduleOut)
 async def create_schedule(
-    body: ScheduleCreate, service: ScheduleServiceDep, context: ContextDep, response: Response
+    body: ScheduleCreate,
+    service: ScheduleServiceDep,
+    context: ContextDep,
+    principal: CurrentPrincipal,
+    response: Response,
 ) -> ScheduleOut:
     """Create a schedule; the answer shows its next fire time (UTC and local) and the next 5."""
-    schedule = await service.create(body)
+    schedule = await service.create(body, principal.owner)
     await service.session.commit()
     context.wake_scheduler()
     response.headers["Location"] = f"/v1/schedules/{schedule.id}"
@@ -66,11 +77,16 @@ async def create_schedule(
 
 @router.get("", response_model=Page[ScheduleOut])
 async def list_schedules(
-    session: SessionDep, cursor: CursorQuery = None, limit: LimitQuery = 50
+    session: SessionDep,
+    principal: CurrentPrincipal,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
 ) -> Page[ScheduleOut]:
     """List schedules, newest first, with cursor pagination."""
     try:
-        rows, next_cursor = await ScheduleRepository(session).page(cursor=cursor, limit=limit)
+        rows, next_cursor = await ScheduleRepository(session).page(
+            owner=principal.owner_filter, cursor=cursor, limit=limit
+        )
     except InvalidCursor as exc:
         raise InvalidRequest(str(exc), field="cursor") from exc
     return Page[ScheduleOut](items=[present_schedule(s) for s in rows], next_cursor=next_cursor)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -48,6 +48,11 @@ class RunLimits:
     max_timeout_seconds: int
     max_command_bytes: int
     allow_network: bool
+    allowed_buckets: tuple[str, ...] = ()  # empty: any bucket
+    allowed_buckets_by_owner: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def buckets_for(self, owner: str) -> tuple[str, ...]:
+        return self.allowed_buckets_by_owner.get(owner, self.allowed_buckets)
 
 
 async def transition(
@@ -108,6 +113,14 @@ def retry_decision(run: Run, state: RunState, exit_code: int | None) -> float | 
     return float(policy["backoff_seconds"]) * float(policy["backoff_factor"]) ** (run.attempt - 1)
 
 
+def scoped_idempotency_key(owner: str, key: str) -> str:
+    return f"{owner}:{key}"
+
+
+def unscoped_idempotency_key(stored: str | None) -> str | None:
+    return stored.split(":", 1)[1] if stored and ":" in stored else stored
+
+
 def request_fingerprint(body: RunCreate) -> str:
     payload = body.model_dump(mode="json", exclude={"idempotency_key"})
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -124,8 +137,16 @@ class RunService:
         self.limits = limits
         self.wake = wake
 
-    def _admit(self, body: RunCreate) -> dict[str, Any]:
+    def _admit(self, body: RunCreate, owner: str) -> dict[str, Any]:
         lim = self.limits
+        allowed = lim.buckets_for(owner)
+        for name, uri in (("input", body.input), ("output", body.output)):
+            if uri and allowed and parse_s3_uri(uri).bucket not in allowed:
+                # Refused before anything touches the bucket with the service's credentials.
+                raise Forbidden(
+                    f"bucket {parse_s3_uri(uri).bucket!r} is not on the operator's allow-list",
+                    field=name,
+                )
         if len(body.command.encode()) > lim.max_command_bytes:
             raise InvalidRequest(
                 f"command is {len(body.command.encode())} bytes; the limit is "
@@ -167,7 +188,9 @@ class RunService:
             "packages": sorted(set(body.packages)),
         }
 
-    async def create(self, body: RunCreate, idempotency_header: str | None) -> tuple[Run, bool]:
+    async def create(
+        self, body: RunCreate, idempotency_header: str | None, owner: str
+    ) -> tuple[Run, bool]:
         """Queues a run; returns (run, created). A replayed idempotency key returns the original."""
         key = idempotency_header or body.idempotency_key
         if (
@@ -179,11 +202,13 @@ class RunService:
                 "Idempotency-Key header and idempotency_key field differ", field="idempotency_key"
             )
         fingerprint = request_fingerprint(body)
+        # Keys are per owner: one owner's key never answers, or blocks, another's request.
+        key = scoped_idempotency_key(owner, key) if key else None
         if key:
             existing = await self.repo.get_by_idempotency_key(key)
             if existing is not None:
                 return self._replay(existing, fingerprint), False
-        run = self.build(body, idempotency_key=key)
+        run = self.build(body, owner=owner, idempotency_key=key)
         self.repo.add(run)
         try:
             await self.session.flush()
@@ -202,15 +227,17 @@ class RunService:
         self,
         body: RunCreate,
         *,
+        owner: str,
         idempotency_key: str | None = None,
         schedule_id: str | None = None,
         scheduled_for: datetime | None = None,
     ) -> Run:
         """A new queued run for `body`, checked against the operator's limits (not yet added)."""
-        admitted = self._admit(body)
+        admitted = self._admit(body, owner)
         now = utcnow()
         return Run(
             id=new_id(),
+            owner=owner,
             state=RunState.QUEUED,
             command=body.command,
             input_uri=body.input,

@@ -79,22 +79,23 @@ class ScheduleService:
         return [schedule.next_fire_at, *later]
 
     # ------------------------------------------------------------------ writing
-    def _check_template(self, run: RunCreate) -> dict[str, Any]:
+    def _check_template(self, run: RunCreate, owner: str) -> dict[str, Any]:
         if run.idempotency_key is not None:
             raise InvalidRequest(
                 "a schedule's runs cannot share one idempotency key", field="run.idempotency_key"
             )
         try:
-            self.runs.build(run)  # the same admission checks as POST /v1/runs
+            self.runs.build(run, owner=owner)  # the same admission checks as POST /v1/runs
         except InvalidRequest as exc:
             raise InvalidRequest(exc.message, field=f"run.{exc.field or 'body'}") from exc
         return run.model_dump(mode="json", exclude_none=True)
 
-    async def create(self, body: ScheduleCreate) -> Schedule:
+    async def create(self, body: ScheduleCreate, owner: str) -> Schedule:
         spec = cron_spec(body.cron, body.timezone)
-        template = self._check_template(body.run)
+        template = self._check_template(body.run, owner)
         now = self.clock()
         schedule = Schedule(
+            owner=owner,
             name=body.name,
             cron=spec.expression,
             timezone=body.timezone,
@@ -121,7 +122,7 @@ class ScheduleService:
         if "starting_deadline_seconds" in changes:
             schedule.starting_deadline_seconds = body.starting_deadline_seconds
         if body.run is not None:
-            schedule.run_template = self._check_template(body.run)
+            schedule.run_template = self._check_template(body.run, schedule.owner)
         if body.cron is not None or body.timezone is not None:
             spec = cron_spec(body.cron or schedule.cron, body.timezone or schedule.timezone)
             schedule.cron, schedule.timezone = spec.expression, spec.timezone
@@ -162,7 +163,9 @@ class ScheduleService:
         """One run now, outside the cron (it has no fire time)."""
         schedule = await self.get(schedule_id)
         run = self.runs.build(
-            RunCreate.model_validate(schedule.run_template), schedule_id=schedule.id
+            RunCreate.model_validate(schedule.run_template),
+            owner=schedule.owner,
+            schedule_id=schedule.id,
         )
         self.runs.repo.add(run)
         await self.session.flush()
@@ -232,6 +235,7 @@ class ScheduleService:
         try:
             return self.runs.build(
                 RunCreate.model_validate(schedule.run_template),
+                owner=schedule.owner,
                 schedule_id=schedule.id,
                 scheduled_for=fire_time,
             )

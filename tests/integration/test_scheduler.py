@@ -86,7 +86,9 @@ def schedule_body(**overrides: Any) -> ScheduleCreate:
 
 async def create(db: async_sessionmaker[AsyncSession], clock: Clock, **overrides: Any) -> str:
     async with db() as session, session.begin():
-        schedule = await ScheduleService(session, LIMITS, clock).create(schedule_body(**overrides))
+        schedule = await ScheduleService(session, LIMITS, clock).create(
+            schedule_body(**overrides), "tester"
+        )
         return schedule.id
 
 

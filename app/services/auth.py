@@ -1,0 +1,72 @@
+"""API keys and principals: who is calling, and what they may see."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.models import ApiKey
+from app.repositories import ApiKeyRepository
+
+TOKEN_PREFIX = "td_"
+LOCAL_OWNER = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    owner: str
+    admin: bool
+
+    def can_see(self, owner: str) -> bool:
+        return self.admin or owner == self.owner
+
+    @property
+    def owner_filter(self) -> str | None:
+        """The owner to filter listings by; None for an admin, who sees everything."""
+        return None if self.admin else self.owner
+
+
+# Without keys on a loopback-only service, the caller is the machine's own user.
+LOCAL_PRINCIPAL = Principal(owner=LOCAL_OWNER, admin=True)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+async def create_key(session: AsyncSession, owner: str, *, admin: bool) -> tuple[ApiKey, str]:
+    """A new key; the token is returned once and only its SHA-256 is stored."""
+    if not owner or len(owner) > 100 or not owner.replace("-", "").replace("_", "").isalnum():
+        raise ValueError("owner must be 1-100 letters, digits, '-' or '_'")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(
+        owner=owner,
+        token_sha256=token_digest(token),
+        token_prefix=token[:10],
+        admin=admin,
+        created_at=utcnow(),
+    )
+    ApiKeyRepository(session).add(key)
+    await session.flush()
+    return key, token
+
+
+async def principal_for(session: AsyncSession, token: str) -> Principal | None:
+    key = await ApiKeyRepository(session).by_hash(token_digest(token))
+    if key is None or key.revoked_at is not None:
+        return None
+    return Principal(owner=key.owner, admin=key.admin)
