@@ -101,6 +101,12 @@ async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode: the same 422 as malformed JSON.
+        return JSONResponse(
+            status_code=422,
+            content=error_body("validation_error", f"body: {exc.detail}", "body"),
+        )
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     return JSONResponse(
         status_code=exc.status_code,

@@ -133,6 +133,8 @@ class AppContext:
             checks["object_store"] = f"error: {exc}"
         now = time.monotonic()
         for loop in self.loops:
+            if not loop.started:
+                continue  # disabled on this replica (TASKDEPLOY_WORKERS_ENABLED=false)
             stale = loop.last_tick is None or now - loop.last_tick > max(60.0, 3 * loop.interval)
             checks[f"worker:{loop.name}"] = "ok" if not stale or loop is self.watcher else "stale"
         return checks

@@ -72,6 +72,7 @@ class Run(Base):
     timeout_seconds: Mapped[int] = mapped_column(Integer)
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     network: Mapped[bool] = mapped_column(Boolean, default=False)
+    unpack_zip: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str] = mapped_column(String(64))
 

@@ -100,6 +100,10 @@ class RunCreate(StrictModel):
     timeout_seconds: StrictInt | None = Field(default=None, ge=1)
     env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
     network: StrictBool = Field(default=False, description="ask for network (operator must allow)")
+    unpack_zip: StrictBool = Field(
+        default=False,
+        description="unpack each .zip input into $INPUT_DIR/<its path without .zip>/",
+    )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=150)
     retry: RetryPolicy | None = None
 
@@ -175,6 +179,7 @@ class RunOut(BaseModel):
     timeout_seconds: int
     env: dict[str, str]
     network: bool
+    unpack_zip: bool = False
     idempotency_key: str | None
     exit_code: int | None
     oom_killed: bool

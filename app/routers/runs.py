@@ -43,6 +43,7 @@ def present_run(run: Run) -> RunOut:
         timeout_seconds=run.timeout_seconds,
         env=run.env,
         network=run.network,
+        unpack_zip=run.unpack_zip,
         idempotency_key=unscoped_idempotency_key(run.idempotency_key),
         exit_code=run.exit_code,
         oom_killed=run.oom_killed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from app.adapters.ports import ObjectNotFound, ObjectStore, ObjectStoreError
+from app.adapters.ports import BucketNotFound, ObjectNotFound, ObjectStore, ObjectStoreError
 from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.models import Run, RunState
 from app.services.runs import result_location
@@ -26,7 +26,7 @@ class RunResults:
             return await self.store.get_bytes(
                 where.bucket, f"{where.prefix}{name}", max_bytes=max_bytes
             )
-        except ObjectNotFound as exc:
+        except (ObjectNotFound, BucketNotFound) as exc:
             raise NotFound(f"run {run.id} has no {name} (it ended before one was written)") from exc
         except ObjectStoreError as exc:
             raise ServiceUnavailable(f"object store: {exc}") from exc

@@ -244,6 +244,7 @@ class RunService:
             output_uri=body.output,
             env=body.env,
             network=body.network,
+            unpack_zip=body.unpack_zip,
             idempotency_key=idempotency_key,
             request_hash=request_fingerprint(body),
             created_at=now,

@@ -37,6 +37,10 @@ class LoopService:
         self._wake.set()
 
     @property
+    def started(self) -> bool:
+        return self._task is not None
+
+    @property
     def stopping(self) -> bool:
         return self._stopping.is_set()
 

@@ -11,6 +11,7 @@ import logging
 import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -53,6 +54,7 @@ from app.services.workspace import (
     plan_outputs,
     write_workspace_skeleton,
 )
+from app.services.zipinputs import ZipRefused, copy_entry, plan_zip
 from app.workers.watcher import ContainerWatcher
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ STOP_WAIT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
 LISTING_BUDGET_SECONDS = 60.0
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
+MAX_INPUT_PATH_BYTES = 4096
 CANCEL_POLL_SECONDS = 2.0
 
 
@@ -484,14 +487,20 @@ class RunExecutor:
                         raise RunAborted(
                             RunState.ERROR, f"input key {obj.key[:300]!r} is not a safe file path"
                         )
+                    if run.unpack_zip and rel.lower().endswith(".zip"):
+                        added_files, added_bytes = await self._stage_zip(
+                            source.bucket,
+                            obj.key,
+                            rel,
+                            writer,
+                            room=self.config.max_input_bytes - total,
+                        )
+                        files, total = files + added_files, total + added_bytes
+                        self._check_input_caps(files, total)
+                        continue
                     files += 1
                     total += obj.size
-                    if files > self.config.max_input_files or total > self.config.max_input_bytes:
-                        raise RunAborted(
-                            RunState.ERROR,
-                            f"inputs exceed the caps of {self.config.max_input_files} files / "
-                            f"{self.config.max_input_bytes} bytes",
-                        )
+                    self._check_input_caps(files, total)
                     writer.begin_file(f"input/{rel}", obj.size)
                     written = await self.store.download_fileobj(source.bucket, obj.key, spool)
                     if written != obj.size:
@@ -504,6 +513,27 @@ class RunExecutor:
                     RunState.ERROR, f"input bucket {source.bucket!r} does not exist"
                 ) from exc
         writer.close()
+
+    def _check_input_caps(self, files: int, total: int) -> None:
+        if files > self.config.max_input_files or total > self.config.max_input_bytes:
+            raise RunAborted(
+                RunState.ERROR,
+                f"inputs exceed the caps of {self.config.max_input_files} files / "
+                f"{self.config.max_input_bytes} bytes",
+            )
+
+    async def _stage_zip(
+        self, bucket: str, key: str, rel: str, writer: WorkspaceTarWriter, *, room: int
+    ) -> tuple[int, int]:
+        """Unpacks one .zip input into input/<rel without .zip>/, refusing the whole run when
+        the archive breaks a rule (unsafe names, links, a bomb, more than `room` bytes)."""
+        folder = f"input/{rel[: -len('.zip')]}"
+        with tempfile.TemporaryFile(dir=str(self.config.tmp_dir)) as archive:
+            await self.store.download_fileobj(bucket, key, archive)
+            try:
+                return await asyncio.to_thread(_unpack_zip, archive, folder, writer, room)
+            except (ZipRefused, zipfile.BadZipFile, UnicodeDecodeError, NotImplementedError) as exc:
+                raise RunAborted(RunState.ERROR, f"zip input {key!r} refused: {exc}") from exc
 
     # ------------------------------------------------------------------ 6. wait
     async def _watch_cancel_flag(self, run_id: str, cancel: asyncio.Event) -> None:
@@ -837,3 +867,21 @@ def _read_meta_members(spool: IO[bytes]) -> dict[str, bytes]:
     except (tarfile.ReadError, EOFError):
         pass  # a truncated archive: keep what was read
     return found
+
+
+def _unpack_zip(
+    archive: BinaryIO, folder: str, writer: WorkspaceTarWriter, room: int
+) -> tuple[int, int]:
+    """Blocking: streams a checked archive's entries into the workspace tar."""
+    with zipfile.ZipFile(archive) as zf:
+        entries = plan_zip(zf, max_total_bytes=max(room, 0))
+        total = 0
+        for entry in entries:
+            name = f"{folder}/{entry.path}"
+            if len(name.encode()) > MAX_INPUT_PATH_BYTES:
+                raise ZipRefused(f"zip entry {entry.path!r} makes a path that is too long")
+            writer.begin_file(name, entry.size)
+            written = copy_entry(zf, entry, writer.fileobj)
+            writer.pad(written)
+            total += written
+    return len(entries), total

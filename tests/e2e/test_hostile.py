@@ -582,3 +582,53 @@ async def test_operator_allowed_network_reaches_only_the_runs_that_ask(
     interfaces = get_object(s3_client, bucket, f"o/{online['id']}/stdout.log").split()
     assert b"lo" in interfaces and len(interfaces) >= 2, interfaces
     assert get_object(s3_client, bucket, f"o/{offline['id']}/stdout.log").split() == [b"lo"]
+
+
+# --------------------------------------------------------------------------- 10. zip inputs
+def _zip(members: dict[str, bytes], *, deflate: bool = True) -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    method = zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED
+    with zipfile.ZipFile(buffer, "w", method) as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name), data, compress_type=method)
+    return buffer.getvalue()
+
+
+async def test_zip_inputs_are_unpacked_when_asked(
+    client: httpx.AsyncClient, s3_client: Any, bucket: str
+) -> None:
+    s3_client.put_object(
+        Bucket=bucket, Key="zin/data.zip", Body=_zip({"a/b.txt": b"zipped\n", "c.txt": b"c\n"})
+    )
+    body = make_run(
+        f"s3://{bucket}/o",
+        input=f"s3://{bucket}/zin/",
+        unpack_zip=True,
+        command="cat $INPUT_DIR/data/a/b.txt $INPUT_DIR/data/c.txt; ls $INPUT_DIR",
+    )
+    run = await run_to_end(client, body)
+    assert run["state"] == "succeeded", run
+    assert (await client.get(f"/v1/runs/{run['id']}/logs")).text == "zipped\nc\ndata\n"
+
+
+@pytest.mark.parametrize(
+    ("members", "reason"),
+    [
+        ({"../escape.txt": b"x"}, "'..'"),
+        ({"/etc/abs.txt": b"x"}, "absolute"),
+        ({"zeros.bin": bytes(50_000_000)}, "ratio"),
+    ],
+    ids=["dot-dot", "absolute", "zip-bomb"],
+)
+async def test_hostile_zip_inputs_are_refused_with_a_reason(
+    client: httpx.AsyncClient, s3_client: Any, bucket: str, members: dict[str, bytes], reason: str
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="zbad/evil.zip", Body=_zip(members))
+    body = make_run(f"s3://{bucket}/o", input=f"s3://{bucket}/zbad/", unpack_zip=True)
+    run = await run_to_end(client, body)
+    assert run["state"] == "error", run
+    assert "zip input" in run["status_reason"] and reason in run["status_reason"], run
+    assert run["started_at"] is None  # refused before any container ran
