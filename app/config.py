@@ -38,6 +38,13 @@ class Settings(BaseSettings):
     allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
     allowed_buckets_by_owner: dict[str, list[str]] = Field(default_factory=dict)  # JSON
 
+    # --- webhooks
+    webhook_url: str | None = None  # every run's events also go here unless it names its own
+    webhook_secret: str = ""  # HMAC key for X-Taskdeploy-Signature; default: a per-data-dir one
+    webhook_allow_private: bool = False
+    webhook_total_seconds: float = Field(default=3600, gt=0)
+    webhook_timeout_seconds: float = Field(default=10, gt=0)
+
     # --- storage
     database_url: str = ""  # empty: SQLite under data_dir
     object_store: str = "auto"  # auto | s3 | local

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -34,6 +35,7 @@ from app.workers.base import LoopService
 from app.workers.dispatcher import Dispatcher, LeaseKeeper
 from app.workers.executor import ExecutorConfig, RunExecutor
 from app.workers.janitor import Janitor
+from app.workers.notifier import Notifier
 from app.workers.reconciler import Reconciler
 from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
@@ -83,6 +85,7 @@ class AppContext:
     watcher: ContainerWatcher
     janitor: Janitor
     scheduler: Scheduler
+    notifier: Notifier
     loops: list[LoopService] = field(default_factory=list)
 
     _keys_exist: bool = False
@@ -112,6 +115,7 @@ class AppContext:
 
     def cancel_run(self, run_id: str) -> None:
         self.dispatcher.cancel(run_id)
+        self.notifier.wake()  # a queued run is cancelled at once: its event is in the outbox
 
     async def readiness(self) -> dict[str, str]:
         checks: dict[str, str] = {}
@@ -140,6 +144,17 @@ class AppContext:
         return checks
 
 
+def webhook_secret(settings: Settings) -> str:
+    """The configured secret, or one made once and kept in the data dir (mode 0600)."""
+    if settings.webhook_secret:
+        return settings.webhook_secret
+    path = settings.data_dir / "webhook-secret"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def run_limits(settings: Settings) -> RunLimits:
     return RunLimits(
         allowed_images=tuple(settings.image_allow_list),
@@ -153,6 +168,8 @@ def run_limits(settings: Settings) -> RunLimits:
         max_command_bytes=settings.max_command_bytes,
         allow_network=settings.allow_network,
         allowed_buckets=tuple(settings.allowed_buckets),
+        default_callback_url=settings.webhook_url,
+        webhook_allow_private=settings.webhook_allow_private,
         allowed_buckets_by_owner={
             owner: tuple(buckets) for owner, buckets in settings.allowed_buckets_by_owner.items()
         },
@@ -228,6 +245,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             environments=environments,
             watcher=watcher,
             on_image_built=janitor.wake,
+            on_settled=lambda: notifier.wake(),
         )
         dispatcher = Dispatcher(
             sessionmaker,
@@ -245,6 +263,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             dispatcher,
             lease_seconds=settings.lease_seconds,
             interval=settings.reconcile_interval_seconds,
+        )
+        notifier = Notifier(
+            sessionmaker,
+            secret=webhook_secret(settings),
+            total_seconds=settings.webhook_total_seconds,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            allow_private=settings.webhook_allow_private,
+            max_idle=5.0,  # other replicas' events; this one's wake the notifier directly
         )
         scheduler = Scheduler(
             sessionmaker,
@@ -266,9 +292,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             watcher=watcher,
             janitor=janitor,
             scheduler=scheduler,
+            notifier=notifier,
         )
         scheduler.on_fired = context.on_schedule_fired
-        context.loops = [watcher, janitor]
+        context.loops = [watcher, janitor, notifier]
         if settings.dispatcher_enabled:
             context.loops += [dispatcher, leases, reconciler]
         if settings.scheduler_enabled:
@@ -290,7 +317,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await dispatcher.stop()
             await reconciler.stop()
             await dispatcher.drain(settings.shutdown_grace_seconds)
-            for loop in (leases, scheduler, janitor, watcher):
+            for loop in (leases, scheduler, notifier, janitor, watcher):
                 with contextlib.suppress(Exception):
                     await loop.stop()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -104,6 +105,11 @@ class RunCreate(StrictModel):
         default=False,
         description="unpack each .zip input into $INPUT_DIR/<its path without .zip>/",
     )
+    callback_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        description="http(s) URL that gets a signed POST on every terminal state",
+    )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=150)
     retry: RetryPolicy | None = None
 
@@ -114,6 +120,18 @@ class RunCreate(StrictModel):
             raise ValueError("command is empty")
         if "\x00" in value:
             raise ValueError("command contains a NUL byte")
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parsed = urlsplit(value)
+        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+            raise ValueError("callback_url must be an http:// or https:// URL with a host")
+        if parsed.username or parsed.password:
+            raise ValueError("callback_url must not carry credentials")
         return value
 
     @field_validator("env")
@@ -180,6 +198,7 @@ class RunOut(BaseModel):
     env: dict[str, str]
     network: bool
     unpack_zip: bool = False
+    callback_url: str | None = None
     idempotency_key: str | None
     exit_code: int | None
     oom_killed: bool
@@ -313,3 +332,25 @@ class ScheduleFireOut(BaseModel):
     outcome: str
     reason: str | None
     created_at: datetime
+
+
+class WebhookAttemptOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    at: datetime
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+
+
+class WebhookDeliveryOut(BaseModel):
+    """One webhook event for a run and every attempt to deliver it."""
+
+    id: str = Field(description="the event id: stable across retries, for de-duplication")
+    event_type: str
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    created_at: datetime
+    delivered_at: datetime | None
+    last_error: str | None
+    attempts: list[WebhookAttemptOut]

@@ -5,65 +5,23 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
-from fastapi.responses import PlainTextResponse
 
 from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidRequest
-from app.models import Run, RunState
-from app.repositories import InvalidCursor, RunRepository
+from app.models import RunState
+from app.presenters import present_run
+from app.repositories import InvalidCursor, RunRepository, WebhookRepository
 from app.schemas import (
-    MetricsSummaryOut,
     Page,
-    ResourcesOut,
     RunCreate,
     RunEventOut,
-    RunLinks,
     RunMetricsOut,
     RunOut,
+    WebhookAttemptOut,
+    WebhookDeliveryOut,
 )
-from app.services.runs import unscoped_idempotency_key
-from app.services.schedules import lateness_seconds
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
-
-
-def present_run(run: Run) -> RunOut:
-    base = f"/v1/runs/{run.id}"
-    return RunOut(
-        id=run.id,
-        owner=run.owner,
-        state=RunState(run.state),
-        status_reason=run.status_reason,
-        command=run.command,
-        packages=run.packages,
-        image=run.image,
-        input=run.input_uri,
-        output=run.output_uri,
-        resources=ResourcesOut(cpus=run.cpus, memory_mb=run.memory_mb),
-        timeout_seconds=run.timeout_seconds,
-        env=run.env,
-        network=run.network,
-        unpack_zip=run.unpack_zip,
-        idempotency_key=unscoped_idempotency_key(run.idempotency_key),
-        exit_code=run.exit_code,
-        oom_killed=run.oom_killed,
-        created_at=run.created_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        image_id=run.image_id,
-        metrics=MetricsSummaryOut.model_validate(run.metrics) if run.metrics else None,
-        artifacts=run.artifacts or [],
-        logs=run.logs,
-        attempt=run.attempt,
-        attempts=run.attempts or [],
-        retry=run.retry_policy,
-        schedule_id=run.schedule_id,
-        scheduled_for=run.scheduled_for,
-        lateness_seconds=lateness_seconds(run),
-        links=RunLinks(
-            self=base, logs=f"{base}/logs", events=f"{base}/events", metrics=f"{base}/metrics"
-        ),
-    )
 
 
 @router.post(
@@ -132,8 +90,14 @@ async def cancel_run(run: RunFromPath, service: RunServiceDep, context: ContextD
 
 @router.get(
     "/{run_id}/logs",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}}, "description": "the log's bytes"}},
+    # A bare Response class: the 200 is declared text/plain below, the errors stay JSON.
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "description": "the log's bytes",
+        }
+    },
 )
 async def get_run_logs(
     run: RunFromPath,
@@ -154,4 +118,25 @@ async def get_run_metrics(run: RunFromPath, context: ContextDep) -> RunMetricsOu
         source=str(doc.get("source", "none")),
         summary=doc.get("summary"),
         series=doc.get("series", []),
+    )
+
+
+@router.get("/{run_id}/deliveries", response_model=Page[WebhookDeliveryOut])
+async def list_run_deliveries(run: RunFromPath, session: SessionDep) -> Page[WebhookDeliveryOut]:
+    """The run's webhook events and every attempt to deliver them."""
+    rows = await WebhookRepository(session).of_run(run.id)
+    return Page[WebhookDeliveryOut](
+        items=[
+            WebhookDeliveryOut(
+                id=delivery.id,
+                event_type=delivery.event_type,
+                url=delivery.url,
+                status=delivery.status,
+                created_at=delivery.created_at,
+                delivered_at=delivery.delivered_at,
+                last_error=delivery.last_error,
+                attempts=[WebhookAttemptOut.model_validate(a) for a in attempts],
+            )
+            for delivery, attempts in rows
+        ]
     )

@@ -15,8 +15,8 @@ from app.deps import (
 )
 from app.errors import ERROR_RESPONSES, InvalidRequest
 from app.models import Schedule
+from app.presenters import present_run
 from app.repositories import InvalidCursor, RunRepository, ScheduleRepository
-from app.routers.runs import present_run
 from app.schemas import (
     Page,
     RunOut,

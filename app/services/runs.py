@@ -18,6 +18,7 @@ from app.models import TERMINAL_STATES, Run, RunState, new_id
 from app.repositories import RunRepository
 from app.schemas import RunCreate
 from app.services.s3uri import S3Location, parse_s3_uri
+from app.services.webhooks import check_callback_url, enqueue_run_event
 
 S = RunState
 ALLOWED_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
@@ -49,6 +50,8 @@ class RunLimits:
     max_command_bytes: int
     allow_network: bool
     allowed_buckets: tuple[str, ...] = ()  # empty: any bucket
+    default_callback_url: str | None = None
+    webhook_allow_private: bool = False
     allowed_buckets_by_owner: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def buckets_for(self, owner: str) -> tuple[str, ...]:
@@ -89,6 +92,8 @@ async def transition(
     repo.add_event(run_id, current, to, detail)
     refreshed = await repo.get(run_id)
     assert refreshed is not None
+    if to in TERMINAL_STATES:
+        enqueue_run_event(session, refreshed, to)  # the outbox row commits with the change
     return refreshed
 
 
@@ -115,10 +120,6 @@ def retry_decision(run: Run, state: RunState, exit_code: int | None) -> float | 
 
 def scoped_idempotency_key(owner: str, key: str) -> str:
     return f"{owner}:{key}"
-
-
-def unscoped_idempotency_key(stored: str | None) -> str | None:
-    return stored.split(":", 1)[1] if stored and ":" in stored else stored
 
 
 def request_fingerprint(body: RunCreate) -> str:
@@ -178,6 +179,9 @@ class RunService:
                 f"timeout_seconds {timeout} exceeds the maximum of {lim.max_timeout_seconds}",
                 field="timeout_seconds",
             )
+        callback_url = body.callback_url or lim.default_callback_url
+        if body.callback_url:
+            check_callback_url(body.callback_url, allow_private=lim.webhook_allow_private)
         if body.network and not lim.allow_network:
             raise Forbidden("network access for runs is disabled by the operator", field="network")
         return {
@@ -186,6 +190,7 @@ class RunService:
             "memory_mb": memory,
             "timeout_seconds": timeout,
             "packages": sorted(set(body.packages)),
+            "callback_url": callback_url,
         }
 
     async def create(

@@ -244,9 +244,3 @@ class ScheduleService:
             await self.repo.record_skip(schedule.id, fire_time, f"run refused: {exc.message}")
             report.skipped += 1
             return None
-
-
-def lateness_seconds(run: Run) -> float | None:
-    if run.scheduled_for is None:
-        return None
-    return max(0.0, (run.created_at - run.scheduled_for).total_seconds())

@@ -111,6 +111,7 @@ class RunExecutor:
         environments: EnvironmentImages,
         watcher: ContainerWatcher,
         on_image_built: Callable[[], None] | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.sessionmaker = sessionmaker
@@ -119,6 +120,7 @@ class RunExecutor:
         self.environments = environments
         self.watcher = watcher
         self.on_image_built = on_image_built
+        self.on_settled = on_settled  # a run ended (or was requeued): its events wait in the outbox
         self.phases: dict[str, str] = {}  # run id -> preparing | running | finishing
 
     # ------------------------------------------------------------------ database
@@ -229,6 +231,8 @@ class RunExecutor:
             )
         finally:
             self.phases.pop(run_id, None)
+            if self.on_settled is not None:
+                self.on_settled()
             if container_id is not None:
                 self.watcher.forget(container_id)
                 if not keep_container:
