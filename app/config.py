@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     scheduler_grace_seconds: float = Field(default=60, ge=0)
     scheduler_max_idle_seconds: float = Field(default=30, gt=0)
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one object per line, with run_id/schedule_id)
 
     @field_validator("allowed_images", "allowed_buckets", mode="before")
     @classmethod

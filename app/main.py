@@ -24,6 +24,7 @@ from app.adapters.s3 import S3ObjectStore
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
+from app.observability import measure_loop_lag
 from app.repositories import ApiKeyRepository
 from app.routers import health, runs, schedules
 from app.services.auth import is_loopback
@@ -311,9 +312,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             engine.dialect.name,
             "s3" if settings.uses_s3 else f"local:{settings.effective_local_store_dir}",
         )
+        lag = asyncio.create_task(measure_loop_lag(), name="loop-lag")
         try:
             yield
         finally:
+            lag.cancel()
             await dispatcher.stop()
             await reconciler.stop()
             await dispatcher.drain(settings.shutdown_grace_seconds)

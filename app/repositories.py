@@ -114,6 +114,13 @@ class RunRepository:
             query = query.where(Run.state.in_([s.value for s in states]))
         return await _keyset_page(self.session, query, Run, cursor, limit)
 
+    async def last_event_at(self, run_id: str) -> datetime | None:
+        query = select(func.max(RunEvent.at)).where(RunEvent.run_id == run_id)
+        value = (await self.session.execute(query)).scalar_one_or_none()
+        if value is not None and value.tzinfo is None:  # SQLite's MAX() bypasses the column type
+            value = value.replace(tzinfo=UTC)
+        return value
+
     async def events(self, run_id: str) -> list[RunEvent]:
         query = select(RunEvent).where(RunEvent.run_id == run_id).order_by(RunEvent.id)
         return list((await self.session.execute(query)).scalars())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ContextDep
 from app.schemas import HealthOut
@@ -28,3 +29,13 @@ async def readyz(context: ContextDep, response: Response) -> HealthOut:
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     return HealthOut(status="ok" if ok else "unavailable", checks=checks)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def prometheus_metrics() -> Response:
+    """Prometheus metrics: runs by state, durations, queue, image cache, scheduler, webhooks."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.adapters.ports import ContainerRuntime, ImageBuildFailed
 from app.db import utcnow
+from app.observability import IMAGE_BUILD_SECONDS, IMAGE_CACHE
 from app.repositories import EnvironmentImageRepository, RunRepository
 
 log = logging.getLogger(__name__)
@@ -119,11 +120,13 @@ class EnvironmentImages:
         existing = await self.runtime.image_info(tag)
         if existing is not None:
             self.hits += 1
+            IMAGE_CACHE.labels("hit").inc()
             await self._record(key, tag, existing.id, base_image, packages, existing.size)
             return EnvironmentImageRef(key, tag, existing.id, cached=True)
         task = self._builds.get(key)
         if task is None:
             self.misses += 1
+            IMAGE_CACHE.labels("miss").inc()
             task = asyncio.create_task(self._build(key, tag, base_image_id, base_image, packages))
             self._builds[key] = task
             task.add_done_callback(lambda _t: self._builds.pop(key, None))
@@ -159,6 +162,7 @@ class EnvironmentImages:
                 f"environment image build took longer than {self.build_timeout:g} s"
             ) from exc
         elapsed = time.monotonic() - started
+        IMAGE_BUILD_SECONDS.observe(elapsed)
         info = await self.runtime.image_info(tag)
         await self._record(
             key, tag, result.image_id, base_image, packages, info.size if info else 0

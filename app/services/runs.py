@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.models import TERMINAL_STATES, Run, RunState, new_id
+from app.observability import PHASE_DURATION, RUN_DURATION, RUNS_FINISHED
 from app.repositories import RunRepository
 from app.schemas import RunCreate
 from app.services.s3uri import S3Location, parse_s3_uri
@@ -83,6 +84,7 @@ async def transition(
     if to not in ALLOWED_TRANSITIONS.get(current, frozenset()):
         raise IllegalTransition(f"run {run_id} cannot go from {current} to {to}")
     now = utcnow()
+    entered = await repo.last_event_at(run_id) or run.created_at
     if to == S.RUNNING and "started_at" not in values:
         values["started_at"] = now
     if to in TERMINAL_STATES:
@@ -92,8 +94,11 @@ async def transition(
     repo.add_event(run_id, current, to, detail)
     refreshed = await repo.get(run_id)
     assert refreshed is not None
+    PHASE_DURATION.labels(current.value).observe(max(0.0, (now - entered).total_seconds()))
     if to in TERMINAL_STATES:
         enqueue_run_event(session, refreshed, to)  # the outbox row commits with the change
+        RUNS_FINISHED.labels(to.value).inc()
+        RUN_DURATION.observe(max(0.0, (now - run.created_at).total_seconds()))
     return refreshed
 
 

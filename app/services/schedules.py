@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.errors import InvalidRequest, NotFound
 from app.models import ConcurrencyPolicy, Run, RunState, Schedule
+from app.observability import SCHEDULER_LATENESS
 from app.repositories import ScheduleRepository
 from app.schemas import RunCreate, ScheduleCreate, ScheduleUpdate
 from app.services.cron import (
@@ -210,6 +211,9 @@ class ScheduleService:
             [(run.id, RunState.QUEUED, detail) for run, detail in pending if run.id in inserted]
         )
         report.created = [run.id for run, _ in pending if run.id in inserted]
+        for run, _ in pending:
+            if run.id in inserted and run.scheduled_for is not None:
+                SCHEDULER_LATENESS.observe((run.created_at - run.scheduled_for).total_seconds())
         return report
 
     async def _fire(

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import utcnow
 from app.models import RunState
+from app.observability import QUEUE_DEPTH, RUNNING_CONTAINERS
 from app.repositories import RunRepository
 from app.services.runs import IllegalTransition, transition
 from app.workers.base import LoopService
@@ -52,6 +53,9 @@ class Dispatcher(LoopService):
         self.running: dict[str, RunHandle] = {}
 
     async def run_once(self) -> None:
+        RUNNING_CONTAINERS.set(len(self.running))
+        async with self.sessionmaker() as session:
+            QUEUE_DEPTH.set(await RunRepository(session).count_in_states([RunState.QUEUED]))
         free = self.max_concurrent - len(self.running)
         if free <= 0 or self.stopping:
             return

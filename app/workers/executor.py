@@ -36,6 +36,7 @@ from app.adapters.ports import (
 )
 from app.db import utcnow
 from app.models import Run, RunState
+from app.observability import current_run_id
 from app.repositories import RunRepository
 from app.services.environments import (
     EnvironmentImageRef,
@@ -178,9 +179,11 @@ class RunExecutor:
         preparing starts over, running is adopted, finishing is harvested again."""
         container_id: str | None = None
         keep_container = False
+        current_run_id.set(run_id)  # every log line of this task names the run
         try:
             run = await self._load(run_id)
             state = RunState(run.state)
+            log.info("executing (%s, attempt %d)", state.value, run.attempt)
             if state == RunState.PREPARING and await self._adopt_started(run):
                 run = await self._load(run_id)
                 state = RunState(run.state)

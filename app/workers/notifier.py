@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.db import utcnow
 from app.models import WebhookAttempt, WebhookDelivery
+from app.observability import WEBHOOK_DELIVERIES
 from app.repositories import WebhookRepository
 from app.services.webhooks import (
     EVENT_ID_HEADER,
@@ -133,11 +134,13 @@ class Notifier(LoopService):
         final = status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX
         retry_at = attempt.at + _backoff(delivery.attempts)
         if final or retry_at > delivery.created_at + self.total:
+            WEBHOOK_DELIVERIES.labels("failed").inc()
             delivery.status = "failed"
             log.warning(
                 "webhook %s to %s failed: %s", delivery.id, delivery.url, delivery.last_error
             )
             return
+        WEBHOOK_DELIVERIES.labels("retry").inc()
         delivery.next_attempt_at = retry_at
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -1,0 +1,104 @@
+"""Prometheus metrics, event-loop lag, and JSON log lines carrying the run or schedule id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUNS_FINISHED = Counter(
+    "taskdeploy_runs_finished_total", "Runs that reached a terminal state", ["state"]
+)
+RUN_DURATION = Histogram(
+    "taskdeploy_run_duration_seconds",
+    "From submission to the terminal state",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400),
+)
+PHASE_DURATION = Histogram(
+    "taskdeploy_run_phase_seconds",
+    "Time spent in each phase of a run",
+    ["phase"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
+)
+QUEUE_DEPTH = Gauge("taskdeploy_queue_depth", "Runs waiting in queued")
+RUNNING_CONTAINERS = Gauge("taskdeploy_running_executors", "Runs this replica is executing")
+IMAGE_CACHE = Counter(
+    "taskdeploy_image_cache_total",
+    "Environment image lookups",
+    ["result"],  # hit | miss
+)
+IMAGE_BUILD_SECONDS = Histogram(
+    "taskdeploy_image_build_seconds",
+    "Environment image builds",
+    buckets=(1, 2, 5, 10, 30, 60, 120, 300, 900),
+)
+SCHEDULER_LATENESS = Histogram(
+    "taskdeploy_scheduler_lateness_seconds",
+    "How late a schedule's run was created after its fire time",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60),
+)
+WEBHOOK_DELIVERIES = Counter(
+    "taskdeploy_webhook_attempts_total", "Webhook delivery attempts", ["outcome"]
+)
+LOOP_LAG = Histogram(
+    "taskdeploy_event_loop_lag_seconds",
+    "How late the event loop ran a timer that was due",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+
+current_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
+current_schedule_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "schedule_id", default=None
+)
+
+
+async def measure_loop_lag(interval: float = 0.25) -> None:
+    """Sleeps `interval` over and over and records by how much each wake-up was late."""
+    loop = asyncio.get_running_loop()
+    while True:
+        started = loop.time()
+        await asyncio.sleep(interval)
+        LOOP_LAG.observe(max(0.0, loop.time() - started - interval))
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, with the run or schedule the line is about."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, var in (("run_id", current_run_id), ("schedule_id", current_schedule_id)):
+            value = var.get()
+            if value:
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # uvicorn's own loggers go through the root handler, so they follow the format too.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers.clear()
+        logging.getLogger(name).propagate = True
+
+
+def monotonic() -> float:
+    return time.monotonic()
