@@ -17,16 +17,17 @@ import logging
 import shlex
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.status import Status
 from rich.table import Table
+from rich.text import Text
 
 from app.client import DEFAULT_URL, ApiError, JsonObject, TaskdeployClient
 
@@ -46,7 +47,7 @@ EXIT_API_UNAVAILABLE = 3
 EXIT_INTERRUPTED = 130
 
 # stdout carries data (ids, JSON, tables, logs); everything about the CLI's progress goes to stderr.
-out = Console(highlight=False)
+out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = typer.Typer(
@@ -119,9 +120,9 @@ def _server_settings(**overrides: Any) -> Settings:
     from app.config import Settings
 
     settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from app.observability import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 
@@ -175,6 +176,7 @@ def serve(
         port=settings.port,
         log_level=settings.log_level.lower(),
         proxy_headers=False,
+        log_config=None,  # the root logger's handler (text or JSON) serves uvicorn too
     )
 
 
@@ -254,12 +256,6 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (keys l
 # Client side: everything below talks to the HTTP API.
 
 
-@contextmanager
-def _api(url: str, token: str | None) -> Iterator[TaskdeployClient]:
-    with TaskdeployClient(url, token) as client:
-        yield client
-
-
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
@@ -316,6 +312,16 @@ def _when(value: str | None) -> str:
         return value
 
 
+def _when_in(value: str | None, zone: str) -> str:
+    """An API timestamp in a schedule's time zone (the user's when the zone is unknown here)."""
+    if not value:
+        return "-"
+    try:
+        return f"{datetime.fromisoformat(value).astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M:%S %Z}"
+    except (ValueError, KeyError):  # ZoneInfoNotFoundError is a KeyError
+        return _when(value)
+
+
 def _duration(run: JsonObject) -> str:
     if not run.get("started_at"):
         return "-"
@@ -332,6 +338,23 @@ def _size(count: int) -> str:
             return f"{count} B" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     raise AssertionError("unreachable")
+
+
+def _table(headers: list[str], rows: list[list[str]], *, flexible: int) -> Table:
+    """A borderless table whose columns keep their full width, except `flexible`, which is cut
+    short (with an ellipsis) when the terminal is narrow: ids and times stay whole."""
+    table = Table(*headers, box=None)
+    for index, column in enumerate(table.columns):
+        column.no_wrap = True
+        cells = [headers[index], *(row[index] for row in rows)]
+        width = max(Text.from_markup(cell).cell_len for cell in cells)
+        if index == flexible:
+            column.overflow = "ellipsis"
+            width = min(width, 16)
+        column.min_width = width
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _state_style(state: str) -> str:
@@ -373,8 +396,13 @@ def _wait_for_end(api: TaskdeployClient, run: JsonObject, status: Status) -> Jso
         except ApiError as exc:
             if not exc.unavailable:
                 raise
-            unreachable_since = unreachable_since or time.monotonic()
-            if time.monotonic() - unreachable_since > RECONNECT_SECONDS:
+            if unreachable_since is None:
+                unreachable_since = time.monotonic()
+                if not err.is_terminal:
+                    err.print(
+                        f"taskdeploy: {escape(exc.message)}; retrying for {RECONNECT_SECONDS:.0f} s"
+                    )
+            elif time.monotonic() - unreachable_since > RECONNECT_SECONDS:
                 raise
             status.update(f"run {run_id}  {state}  {elapsed:.1f} s  (retrying: {escape(str(exc))})")
             continue
@@ -411,8 +439,9 @@ def _report_end(api: TaskdeployClient, run: JsonObject, elapsed: float) -> None:
         verdict += f", exit code {run['exit_code']}"
     if run.get("oom_killed"):
         verdict += ", killed out of memory"
-    if run.get("status_reason"):
-        verdict += f": {escape(run['status_reason'])}"
+    reason = run.get("status_reason")
+    if reason and reason != f"exit code {run.get('exit_code')}":
+        verdict += f": {escape(reason)}"
     err.print(f"{verdict} ({elapsed:.1f} s)")
 
 
@@ -469,7 +498,7 @@ def run(
         timeout=timeout,
         image=image,
     )
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         created = api.create_run(body)
         if not follow:
             print(created["id"])
@@ -492,26 +521,24 @@ def runs_list(
     token: TokenOption = None,
 ) -> None:
     """List runs, newest first."""
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         page = api.list_runs(states=state, limit=limit, cursor=cursor)
     if json_:
         _print_json(page)
         return
-    table = Table("ID", "STATE", "EXIT", "CREATED", "DURATION", "COMMAND", box=None)
-    table.columns[0].no_wrap = True
-    table.columns[5].overflow = "ellipsis"
-    table.columns[5].no_wrap = True
-    for item in page["items"]:
-        exit_code = item.get("exit_code")
-        table.add_row(
+    rows = [
+        [
             item["id"],
             _state(item),
-            "-" if exit_code is None else str(exit_code),
+            "-" if item.get("exit_code") is None else str(item["exit_code"]),
             _when(item.get("created_at")),
             _duration(item),
             escape(item["command"].replace("\n", " ")),
-        )
-    out.print(table)
+        ]
+        for item in page["items"]
+    ]
+    headers = ["ID", "STATE", "EXIT", "CREATED", "DURATION", "COMMAND"]
+    out.print(_table(headers, rows, flexible=5))
     if page.get("next_cursor"):
         err.print(f"[dim]more: --cursor {page['next_cursor']}[/]")
 
@@ -576,7 +603,7 @@ def runs_show(
     token: TokenOption = None,
 ) -> None:
     """One run: state, exit code, limits, times, metrics and artifacts."""
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         found = api.get_run(run_id)
     if json_:
         _print_json(found)
@@ -592,7 +619,7 @@ def runs_logs(
     token: TokenOption = None,
 ) -> None:
     """Print a finished run's stdout (or stderr) to stdout, byte for byte."""
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         data = api.run_log(run_id, stream)
     sys.stdout.flush()
     sys.stdout.buffer.write(data)
@@ -607,7 +634,7 @@ def runs_cancel(
     token: TokenOption = None,
 ) -> None:
     """Cancel a queued, preparing or running run (a running container is stopped)."""
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         cancelled = api.cancel_run(run_id)
     if json_:
         _print_json(cancelled)
@@ -622,8 +649,7 @@ def _schedule_state(schedule: JsonObject) -> str:
 
 
 def _next_fire(schedule: JsonObject) -> str:
-    local = schedule.get("next_fire_at_local")
-    return f"{local[:19].replace('T', ' ')} {schedule['timezone']}" if local else "-"
+    return _when_in(schedule.get("next_fire_at"), schedule["timezone"])
 
 
 @schedules_app.command("list")
@@ -637,23 +663,25 @@ def schedules_list(
     token: TokenOption = None,
 ) -> None:
     """List schedules, newest first."""
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         page = api.list_schedules(limit=limit, cursor=cursor)
     if json_:
         _print_json(page)
         return
-    table = Table("ID", "NAME", "CRON", "STATE", "NEXT FIRE", "LAST FIRED", box=None)
-    table.columns[0].no_wrap = True
-    for item in page["items"]:
-        table.add_row(
+    rows = [
+        [
             item["id"],
             escape(item["name"]),
             escape(item["cron"]),
+            escape(item["timezone"]),
             _schedule_state(item),
             _next_fire(item),
-            _when(item.get("last_fired_at")),
-        )
-    out.print(table)
+            _when_in(item.get("last_fired_at"), item["timezone"]),
+        ]
+        for item in page["items"]
+    ]
+    headers = ["ID", "NAME", "CRON", "TIME ZONE", "STATE", "NEXT FIRE", "LAST FIRED"]
+    out.print(_table(headers, rows, flexible=1))
     if page.get("next_cursor"):
         err.print(f"[dim]more: --cursor {page['next_cursor']}[/]")
 
@@ -735,14 +763,14 @@ def schedules_create(
     body.update({key: value for key, value in optional.items() if value is not None})
     if paused:
         body["paused"] = True
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         created = api.create_schedule(body)
     if json_:
         _print_json(created)
         return
     _print_schedule(created, "created")
     for fire in created.get("next_fire_times") or []:
-        out.print(f"  {_when(fire)}")
+        out.print(f"  {_when_in(fire, created['timezone'])}")
 
 
 ScheduleIdArgument = Annotated[str, typer.Argument(metavar="ID")]
@@ -756,7 +784,7 @@ def schedules_pause(
     token: TokenOption = None,
 ) -> None:
     """Stop a schedule firing until it is resumed."""
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         paused = api.pause_schedule(schedule_id)
     if json_:
         _print_json(paused)
@@ -775,7 +803,7 @@ def schedules_resume(
     token: TokenOption = None,
 ) -> None:
     """Fire again; the next fire is computed from now."""
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         resumed = api.resume_schedule(schedule_id, catch_up=catch_up)
     if json_:
         _print_json(resumed)
@@ -794,7 +822,7 @@ def schedules_trigger(
     token: TokenOption = None,
 ) -> None:
     """Run a schedule's command once now, outside the cron; prints the run id."""
-    with _api(url, token) as api:
+    with TaskdeployClient(url, token) as api:
         created = api.trigger_schedule(schedule_id)
         if json_:
             _print_json(created)

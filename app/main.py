@@ -287,7 +287,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             runtime=runtime,
             store=store,
             run_limits=run_limits(settings),
-            results=RunResults(store, settings.log_limit_bytes),
+            results=RunResults(store, settings.log_limit_bytes, runtime, sessionmaker),
             environments=environments,
             dispatcher=dispatcher,
             watcher=watcher,

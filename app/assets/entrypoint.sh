@@ -194,6 +194,10 @@ if [ "${TASKDEPLOY_TEST_LOG_SPLIT:-}" != tee ] &&
 else
     td_split="tee"
 fi
+# The first bytes are copied one at a time, so the log file grows as the command writes and
+# the service can show them live; the rest goes in 64 KiB blocks (fast, but block by block).
+td_live=65536
+[ "$td_limit" -ge "$td_live" ] || td_live=$td_limit
 td_readers=
 for td_stream in stdout stderr; do
     td_log=$td_dir/$td_stream.log
@@ -207,7 +211,12 @@ for td_stream in stdout stderr; do
     fi
     if [ "$td_split" = dd ]; then
         {
-            dd bs=65536 count="$td_limit" iflag=count_bytes,fullblock >"$td_log" 2>/dev/null
+            {
+                dd bs=1 count="$td_live" 2>/dev/null
+                [ "$td_limit" -le "$td_live" ] ||
+                    dd bs=65536 count="$((td_limit - td_live))" iflag=count_bytes,fullblock \
+                        2>/dev/null
+            } >"$td_log"
             wc -c >"$td_dir/$td_stream.rest"
         } <"$td_fifo" &
         td_readers="$td_readers $!"

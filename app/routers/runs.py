@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response, status
+from fastapi.responses import StreamingResponse
 
 from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, SessionDep
 from app.errors import ERROR_RESPONSES, InvalidRequest
@@ -90,12 +92,15 @@ async def cancel_run(run: RunFromPath, service: RunServiceDep, context: ContextD
 
 @router.get(
     "/{run_id}/logs",
-    # A bare Response class: the 200 is declared text/plain below, the errors stay JSON.
+    # A bare Response class: the 200 is declared below, the errors stay JSON.
     response_class=Response,
     responses={
         200: {
-            "content": {"text/plain": {"schema": {"type": "string"}}},
-            "description": "the log's bytes",
+            "content": {
+                "text/plain": {"schema": {"type": "string"}},
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+            "description": "the log's bytes; with follow=true a stream that ends with the run",
         }
     },
 )
@@ -103,10 +108,31 @@ async def get_run_logs(
     run: RunFromPath,
     context: ContextDep,
     stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout",
+    follow: Annotated[bool, Query(description="stream new output until the run ends")] = False,
+    accept: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """The stdout or stderr of a finished run."""
-    body = await context.results.log(run, stream)
-    return Response(content=body, media_type="text/plain; charset=utf-8")
+    """stdout or stderr: what exists so far (from the container while it runs, from the object
+    store after), or followed live as Server-Sent Events or chunked text by Accept header."""
+    if not follow:
+        body = await context.results.log_so_far(run, stream)
+        return Response(content=body, media_type="text/plain; charset=utf-8")
+    chunks = context.results.follow(run.id, stream)
+    if accept and "text/event-stream" in accept:
+        return StreamingResponse(_server_sent_events(chunks), media_type="text/event-stream")
+    return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
+
+
+async def _server_sent_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """One `data:` event per line (a partial last line waits for its end), then `end`."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield b"data: " + line.decode(errors="replace").encode() + b"\n\n"
+    if pending:
+        yield b"data: " + pending.decode(errors="replace").encode() + b"\n\n"
+    yield b"event: end\ndata: \n\n"
 
 
 @router.get("/{run_id}/metrics", response_model=RunMetricsOut)

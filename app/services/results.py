@@ -1,22 +1,46 @@
-"""Reading a finished run's logs and metrics back from the object store."""
+"""A run's logs and metrics: from the container while it runs, from the object store after."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
+import tarfile
+from collections.abc import AsyncIterator
 from typing import Any
 
-from app.adapters.ports import BucketNotFound, ObjectNotFound, ObjectStore, ObjectStoreError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from app.adapters.ports import (
+    AdapterError,
+    BucketNotFound,
+    ContainerRuntime,
+    ObjectNotFound,
+    ObjectStore,
+    ObjectStoreError,
+)
 from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.models import Run, RunState
+from app.repositories import RunRepository
 from app.services.runs import result_location
 
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 
 
 class RunResults:
-    def __init__(self, store: ObjectStore, max_log_bytes: int) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        max_log_bytes: int,
+        runtime: ContainerRuntime,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        poll_seconds: float = 0.5,
+    ) -> None:
         self.store = store
         self.max_log_bytes = max_log_bytes
+        self.runtime = runtime
+        self.sessionmaker = sessionmaker
+        self.poll_seconds = poll_seconds
 
     async def _read(self, run: Run, name: str, max_bytes: int) -> bytes:
         if not RunState(run.state).terminal:
@@ -38,3 +62,54 @@ class RunResults:
     async def metrics(self, run: Run) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(await self._read(run, "metrics.json", MAX_METRICS_BYTES))
         return doc
+
+    async def log_so_far(self, run: Run, stream: str) -> bytes:
+        """What the stream holds now: the stored log once the run ended, the wrapper's file
+        in the container while it runs, nothing before it starts."""
+        state = RunState(run.state)
+        if state.terminal:
+            return await self.log(run, stream)
+        if state in (RunState.RUNNING, RunState.FINISHING) and run.container_id:
+            return await self._from_container(run.container_id, stream)
+        return b""
+
+    async def _from_container(self, container_id: str, stream: str) -> bytes:
+        buffer = io.BytesIO()
+        cap = self.max_log_bytes + 1024 * 1024  # the file itself is capped in the container
+        try:
+            async for chunk in self.runtime.stream_archive(
+                container_id, f"/workspace/.taskdeploy/{stream}.log"
+            ):
+                buffer.write(chunk)
+                if buffer.tell() > cap:
+                    break
+        except AdapterError:
+            return b""  # not there yet, or already removed: the next look tells
+        buffer.seek(0)
+        try:
+            with tarfile.open(fileobj=buffer) as tar:
+                member = next((m for m in tar if m.isreg()), None)
+                body = tar.extractfile(member) if member is not None else None
+                return body.read() if body is not None else b""
+        except (tarfile.TarError, EOFError):
+            return b""
+
+    async def follow(self, run_id: str, stream: str) -> AsyncIterator[bytes]:
+        """New bytes as the command writes them, until the run ends. Each follower reads at
+        its own pace: nothing is buffered for a slow one beyond one capped read."""
+        sent = 0
+        while True:
+            async with self.sessionmaker() as session:
+                run = await RunRepository(session).get(run_id)
+            if run is None:
+                return
+            try:
+                data = await self.log_so_far(run, stream)
+            except NotFound:
+                data = b""
+            if len(data) > sent:
+                yield data[sent:]
+                sent = len(data)
+            if RunState(run.state).terminal:
+                return
+            await asyncio.sleep(self.poll_seconds)

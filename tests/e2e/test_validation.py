@@ -123,13 +123,19 @@ async def test_idempotency_key_field(client: httpx.AsyncClient, bucket: str) -> 
     await wait_for_state(client, first.json()["id"], TERMINAL)
 
 
-async def test_logs_before_finish_is_409(client: httpx.AsyncClient, bucket: str) -> None:
-    resp = await client.post("/v1/runs", json=make_run(f"s3://{bucket}/o", command="sleep 30"))
-    run_id = resp.json()["id"]
-    logs = await client.get(f"/v1/runs/{run_id}/logs")
-    assert logs.status_code == 409
-    await client.post(f"/v1/runs/{run_id}/cancel")
-    await wait_for_state(client, run_id, TERMINAL)
+async def test_logs_before_the_run_starts_are_empty_not_an_error(
+    service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
+) -> None:
+    from tests.e2e.harness import pg_s3_env
+
+    idle = service_factory(
+        {**pg_s3_env(pg_database, s3_endpoint), "TASKDEPLOY_WORKERS_ENABLED": "false"}
+    )
+    async with httpx.AsyncClient(base_url=idle.base_url, timeout=30) as c:
+        run_id = (await c.post("/v1/runs", json=make_run(f"s3://{bucket}/o"))).json()["id"]
+        logs = await c.get(f"/v1/runs/{run_id}/logs")
+        assert logs.status_code == 200 and logs.content == b""
+        assert (await c.get(f"/v1/runs/{run_id}/metrics")).status_code == 409
 
 
 async def test_openapi_and_docs(client: httpx.AsyncClient) -> None:
