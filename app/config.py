@@ -74,6 +74,7 @@ class Settings(BaseSettings):
     allow_network: bool = False
     metrics_interval_seconds: float = Field(default=1.0, ge=0.1, le=60)
     log_limit_bytes: int = Field(default=10 * MiB, ge=1024)
+    follow_max_seconds: float = Field(default=3600, gt=0)  # longest live-log stream
     max_command_bytes: int = Field(default=64 * 1024, ge=1)
     max_input_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
     max_input_files: int = Field(default=100_000, ge=1)

@@ -75,8 +75,18 @@ def _clean_message(msg: str) -> str:
     return msg.removeprefix("Value error, ")
 
 
-async def _validation_handler(_request: Request, exc: Exception) -> JSONResponse:
+LEGACY_PATHS = frozenset({"/deploy", "/submit_task"})
+
+
+async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    if request.url.path in LEGACY_PATHS:
+        # The replaced service's error shape, for its scripts.
+        detail = [
+            {"field": _loc_to_field(e.get("loc", ())), "message": _clean_message(str(e.get("msg")))}
+            for e in exc.errors()
+        ]
+        return JSONResponse(status_code=422, content={"message": "error", "detail": detail})
     details = [
         {"field": _loc_to_field(err.get("loc", ())), "message": _clean_message(str(err.get("msg")))}
         for err in exc.errors()
@@ -99,8 +109,12 @@ async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error_handler(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400 and request.url.path in LEGACY_PATHS:
+        return JSONResponse(
+            status_code=422, content={"message": "error", "detail": f"body: {exc.detail}"}
+        )
     if exc.status_code == 400:
         # FastAPI's answer to a body it cannot decode: the same 422 as malformed JSON.
         return JSONResponse(
@@ -131,6 +145,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": desc}
     for code, desc in {
         401: "Missing, unknown or revoked API key",
+        403: "Not allowed by the operator (bucket, image, network, callback URL)",
         404: "Not found (or not yours)",
         409: "Conflict with the resource's current state",
         422: "Invalid request; `field` names the first field at fault",

@@ -26,7 +26,7 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.observability import measure_loop_lag
 from app.repositories import ApiKeyRepository
-from app.routers import health, runs, schedules
+from app.routers import health, legacy, runs, schedules
 from app.services.auth import is_loopback
 from app.services.environments import EnvironmentImages
 from app.services.results import RunResults
@@ -287,7 +287,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             runtime=runtime,
             store=store,
             run_limits=run_limits(settings),
-            results=RunResults(store, settings.log_limit_bytes, runtime, sessionmaker),
+            results=RunResults(
+                store,
+                settings.log_limit_bytes,
+                runtime,
+                sessionmaker,
+                follow_max_seconds=settings.follow_max_seconds,
+            ),
             environments=environments,
             dispatcher=dispatcher,
             watcher=watcher,
@@ -342,4 +348,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(schedules.router)
+    app.include_router(legacy.router)
     return app

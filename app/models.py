@@ -74,6 +74,9 @@ class Run(Base):
     network: Mapped[bool] = mapped_column(Boolean, default=False)
     unpack_zip: Mapped[bool] = mapped_column(Boolean, default=False)
     callback_url: Mapped[str | None] = mapped_column(Text)
+    # The replaced service's layout (seed-compatible endpoints): results straight under this
+    # prefix, logs named stdout.txt / stderr.txt, output files without an output/ folder.
+    legacy_prefix: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     request_hash: Mapped[str] = mapped_column(String(64))
 

@@ -22,7 +22,7 @@ from app.adapters.ports import (
 from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.models import Run, RunState
 from app.repositories import RunRepository
-from app.services.runs import result_location
+from app.services.runs import log_name, result_location
 
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 
@@ -35,12 +35,14 @@ class RunResults:
         runtime: ContainerRuntime,
         sessionmaker: async_sessionmaker[AsyncSession],
         poll_seconds: float = 0.5,
+        follow_max_seconds: float = 3600.0,
     ) -> None:
         self.store = store
         self.max_log_bytes = max_log_bytes
         self.runtime = runtime
         self.sessionmaker = sessionmaker
         self.poll_seconds = poll_seconds
+        self.follow_max_seconds = follow_max_seconds
 
     async def _read(self, run: Run, name: str, max_bytes: int) -> bytes:
         if not RunState(run.state).terminal:
@@ -57,7 +59,7 @@ class RunResults:
 
     async def log(self, run: Run, stream: str) -> bytes:
         # The kept bytes plus the truncation marker the executor appends.
-        return await self._read(run, f"{stream}.log", self.max_log_bytes + 4096)
+        return await self._read(run, log_name(run, stream), self.max_log_bytes + 4096)
 
     async def metrics(self, run: Run) -> dict[str, Any]:
         doc: dict[str, Any] = json.loads(await self._read(run, "metrics.json", MAX_METRICS_BYTES))
@@ -98,7 +100,10 @@ class RunResults:
         """New bytes as the command writes them, until the run ends. Each follower reads at
         its own pace: nothing is buffered for a slow one beyond one capped read."""
         sent = 0
-        while True:
+        # Bounded like everything else: a follower of a run that never starts is let go after
+        # follow_max_seconds (it can follow again).
+        ends = asyncio.get_running_loop().time() + self.follow_max_seconds
+        while asyncio.get_running_loop().time() < ends:
             async with self.sessionmaker() as session:
                 run = await RunRepository(session).get(run_id)
             if run is None:

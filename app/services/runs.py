@@ -104,10 +104,20 @@ async def transition(
 
 def result_location(run: Run) -> S3Location:
     """Where a run's results go: <output>/<run_id>/, and with a retry policy one folder per
-    attempt, <output>/<run_id>/attempt-<n>/."""
+    attempt, <output>/<run_id>/attempt-<n>/ (the legacy layout: its fixed prefix)."""
     out = parse_s3_uri(run.output_uri)
+    if run.legacy_prefix is not None:
+        return S3Location(out.bucket, run.legacy_prefix)
     attempt = f"attempt-{run.attempt}/" if run.retry_policy else ""
     return S3Location(out.bucket, f"{out.prefix}{run.id}/{attempt}")
+
+
+def log_name(run: Run, stream: str) -> str:
+    return f"{stream}.txt" if run.legacy_prefix is not None else f"{stream}.log"
+
+
+def output_name(run: Run, path: str) -> str:
+    return path if run.legacy_prefix is not None else f"output/{path}"
 
 
 def retry_decision(run: Run, state: RunState, exit_code: int | None) -> float | None:
@@ -199,7 +209,12 @@ class RunService:
         }
 
     async def create(
-        self, body: RunCreate, idempotency_header: str | None, owner: str
+        self,
+        body: RunCreate,
+        idempotency_header: str | None,
+        owner: str,
+        *,
+        legacy_prefix: str | None = None,
     ) -> tuple[Run, bool]:
         """Queues a run; returns (run, created). A replayed idempotency key returns the original."""
         key = idempotency_header or body.idempotency_key
@@ -218,7 +233,7 @@ class RunService:
             existing = await self.repo.get_by_idempotency_key(key)
             if existing is not None:
                 return self._replay(existing, fingerprint), False
-        run = self.build(body, owner=owner, idempotency_key=key)
+        run = self.build(body, owner=owner, idempotency_key=key, legacy_prefix=legacy_prefix)
         self.repo.add(run)
         try:
             await self.session.flush()
@@ -241,6 +256,7 @@ class RunService:
         idempotency_key: str | None = None,
         schedule_id: str | None = None,
         scheduled_for: datetime | None = None,
+        legacy_prefix: str | None = None,
     ) -> Run:
         """A new queued run for `body`, checked against the operator's limits (not yet added)."""
         admitted = self._admit(body, owner)
@@ -264,6 +280,7 @@ class RunService:
             cancel_requested=False,
             schedule_id=schedule_id,
             scheduled_for=scheduled_for,
+            legacy_prefix=legacy_prefix,
             attempt=1,
             attempts=[],
             retry_policy=body.retry.model_dump(mode="json") if body.retry else None,

@@ -44,7 +44,13 @@ from app.services.environments import (
     EnvironmentUnavailable,
 )
 from app.services.metrics import MetricsReport, parse_metrics_tsv
-from app.services.runs import result_location, retry_decision, transition
+from app.services.runs import (
+    log_name,
+    output_name,
+    result_location,
+    retry_decision,
+    transition,
+)
 from app.services.s3uri import parse_s3_uri, safe_relative_path
 from app.services.workspace import (
     ENTRYPOINT,
@@ -651,8 +657,8 @@ class RunExecutor:
             )
             artifacts.append({"key": key, "size": size})
 
-        logs, report, stopped = await self._harvest_meta(container_id, upload)
-        plan = await self._harvest_outputs(container_id, upload, where.prefix)
+        logs, report, stopped = await self._harvest_meta(run, container_id, upload)
+        plan = await self._harvest_outputs(run, container_id, upload, where.prefix)
         final, reason = self._verdict(outcome, exit_code, oom, plan)
         if outcome == "exited" and stopped:
             # The wrapper was told to stop and the service did not ask: the engine restarted
@@ -730,7 +736,7 @@ class RunExecutor:
         return written
 
     async def _harvest_meta(
-        self, container_id: str, upload: Callable[..., Any]
+        self, run: Run, container_id: str, upload: Callable[..., Any]
     ) -> tuple[dict[str, Any], MetricsReport, bool]:
         """Logs and metrics the wrapper left in /workspace/.taskdeploy, and whether the
         wrapper was sent a stop signal."""
@@ -753,14 +759,14 @@ class RunExecutor:
                         f"\n[taskdeploy: {stream} truncated: kept the first {len(kept)} of "
                         f"{total} bytes]\n"
                     ).encode()
-                await upload(f"{stream}.log", _bytes_file(body), "text/plain; charset=utf-8")
+                await upload(log_name(run, stream), _bytes_file(body), "text/plain; charset=utf-8")
                 logs[stream] = {"bytes": total, "kept_bytes": len(kept), "truncated": truncated}
             metrics_text = members.get("metrics.tsv", b"").decode(errors="replace")
         stopped = "\nstopped\n" in f"\n{metrics_text}"
         return logs, parse_metrics_tsv(metrics_text), stopped
 
     async def _harvest_outputs(
-        self, container_id: str, upload: Callable[..., Any], prefix: str
+        self, run: Run, container_id: str, upload: Callable[..., Any], prefix: str
     ) -> OutputPlan:
         cap = self.config.max_output_bytes + 64 * 1024 * 1024
         scanner = TarHeaderScanner()
@@ -793,7 +799,7 @@ class RunExecutor:
                     body = tar.extractfile(info)
                     if body is None:
                         continue
-                    await upload(f"output/{member.path}", body)
+                    await upload(output_name(run, member.path), body)
             finally:
                 tar.close()
         return plan

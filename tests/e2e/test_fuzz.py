@@ -23,7 +23,11 @@ async def test_every_operation_survives_fuzzing(
     database = await create_database(postgres_url)
     # Workers off: fuzzed runs stay queued instead of starting thousands of containers.
     service = service_factory(
-        {**pg_s3_env(database, s3_endpoint), "TASKDEPLOY_WORKERS_ENABLED": "false"}
+        {
+            **pg_s3_env(database, s3_endpoint),
+            "TASKDEPLOY_WORKERS_ENABLED": "false",
+            "TASKDEPLOY_FOLLOW_MAX_SECONDS": "0.2",  # queued runs never end here
+        }
     )
     token = new_key(service, "fuzzer", admin=True)
     examples = os.environ.get("TASKDEPLOY_FUZZ_EXAMPLES", "20")

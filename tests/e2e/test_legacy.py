@@ -1,0 +1,95 @@
+"""The replaced service's endpoints: its users' scripts keep working unchanged."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+from tests.e2e.harness import TERMINAL, wait_for_state
+
+
+def old_body(bucket: str, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "user_id": "u1",
+        "task_id": f"task-{uuid.uuid4().hex[:6]}",
+        "task_name": "report",
+        "exec_id": "exec-1",
+        "s3_bucket": bucket,
+        "source_s3_prefix": "src",
+        "command": "cat $INPUT_DIR/in.txt; cp $INPUT_DIR/in.txt $OUTPUT_DIR/copy.txt",
+        "linux_dependencies": "",
+        "cron_expression": "0 3 * * *",
+    }
+    body.update(overrides)
+    return body
+
+
+async def test_deploy_runs_now_with_the_old_layout(
+    pg_service: Any, s3_client: Any, bucket: str
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="src/in.txt", Body=b"legacy input\n")
+    body = old_body(bucket)
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+        resp = await client.post("/deploy", json=body)
+        assert resp.status_code == 202, resp.text
+        answer = resp.json()
+        assert answer["message"] == "success" and answer["run_id"]
+        run = await wait_for_state(client, answer["run_id"], TERMINAL, 300)
+    assert run["state"] == "succeeded", run
+    prefix = f"{body['task_id']}/exec-1/output/"
+    read = lambda key: s3_client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()  # noqa: E731
+    assert read("stdout.txt") == b"legacy input\n"
+    assert read("copy.txt") == b"legacy input\n"
+    assert read("metrics.json")
+
+
+async def test_readme_style_body_with_unique_id_is_idempotent(
+    pg_service: Any, s3_client: Any, bucket: str
+) -> None:
+    body = {
+        "userId": "u2",
+        "uniqueId": f"uid-{uuid.uuid4().hex[:8]}",
+        "s3_bucket": bucket,
+        "source_s3_prefix": "",
+        "destination_s3_prefix": "results/x",
+        "command": "echo readme-style",
+        "linux_dependencies": [],
+    }
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+        first = await client.post("/deploy", json=body)
+        again = await client.post("/deploy", json=body)
+        assert (first.status_code, again.status_code) == (202, 200)
+        assert first.json()["run_id"] == again.json()["run_id"]
+        run = await wait_for_state(client, first.json()["run_id"], TERMINAL, 300)
+    assert run["state"] == "succeeded", run
+    stdout = s3_client.get_object(Bucket=bucket, Key="results/x/stdout.txt")["Body"].read()
+    assert stdout == b"readme-style\n"
+
+
+async def test_errors_use_the_old_shape_with_a_4xx(pg_service: Any, bucket: str) -> None:
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+        missing = await client.post("/deploy", json={"s3_bucket": bucket})
+        assert missing.status_code == 422
+        assert missing.json()["message"] == "error"
+        assert any(d["field"] == "command" for d in missing.json()["detail"])
+        bad_package = await client.post(
+            "/deploy", json=old_body(bucket, linux_dependencies="jq; rm -rf /")
+        )
+        assert bad_package.status_code == 422 and bad_package.json()["message"] == "error"
+        no_cron = await client.post("/submit_task", json=old_body(bucket, cron_expression=None))
+        assert no_cron.status_code == 422
+
+
+async def test_submit_task_creates_a_schedule(pg_service: Any, bucket: str) -> None:
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+        resp = await client.post("/submit_task", json=old_body(bucket))
+        assert resp.status_code == 201, resp.text
+        schedule_id = resp.json()["schedule_id"]
+        schedule = (await client.get(f"/v1/schedules/{schedule_id}")).json()
+        assert schedule["cron"] == "0 3 * * *" and schedule["name"] == "report"
+        await client.post(f"/v1/schedules/{schedule_id}/pause")
+        spec = (await client.get("/openapi.json")).json()
+    assert spec["paths"]["/deploy"]["post"]["deprecated"] is True
+    assert spec["paths"]["/submit_task"]["post"]["deprecated"] is True
