@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -29,7 +30,21 @@ def e2e_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def service_factory(e2e_tmp: Path) -> Iterator[Any]:
+async def created_databases(postgres_url: str) -> AsyncIterator[list[str]]:
+    """Every database the e2e tests made; dropped once the services using them are gone."""
+    databases: list[str] = []
+    yield databases
+    conn = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        for database in databases:
+            name = database.rpartition("/")[2]
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def service_factory(e2e_tmp: Path, created_databases: list[str]) -> Iterator[Any]:
     """Starts extra services with their own settings; all are stopped at the end."""
     started: list[Service] = []
 
@@ -50,15 +65,23 @@ def service_factory(e2e_tmp: Path) -> Iterator[Any]:
             docker_ids("rm", "-f", "-v", *leftovers)
 
 
-@pytest.fixture(scope="session")
-async def pg_database(postgres_url: str) -> str:
-    return await create_database(postgres_url)
+@pytest.fixture
+async def pg_database(postgres_url: str, created_databases: list[str]) -> str:
+    """A fresh database for one test: a service started on it shares it with nobody, so no
+    other service's workers can claim its runs."""
+    database = await create_database(postgres_url)
+    created_databases.append(database)
+    return database
 
 
 @pytest.fixture(scope="session")
-def pg_service(service_factory: Any, pg_database: str, s3_endpoint: str) -> Service:
-    """The main configuration: PostgreSQL + S3 (moto) + Docker."""
-    return service_factory(pg_s3_env(pg_database, s3_endpoint))  # type: ignore[no-any-return]
+async def pg_service(
+    service_factory: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
+) -> Service:
+    """The main configuration: PostgreSQL + S3 (moto) + Docker, on a database of its own."""
+    database = await create_database(postgres_url)
+    created_databases.append(database)
+    return service_factory(pg_s3_env(database, s3_endpoint))  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="session")
