@@ -380,7 +380,12 @@ class DockerRuntime:
         action = f"read {path} from container {container_id}"
         try:
             async with self._request(
-                action, f"containers/{container_id}/archive", params={"path": path}
+                action,
+                f"containers/{container_id}/archive",
+                params={"path": path},
+                # aiohttp asks for gzip by default and the engine obliges: compressing a large
+                # output folder cut its download from ~450 to ~28 MiB/s (bench/, data scenario).
+                headers={"Accept-Encoding": "identity"},
             ) as response:
                 async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
                     yield chunk
