@@ -1,0 +1,1 @@
+"""Benchmarks: the service against a raw-Docker floor and the old per-run-build design."""
