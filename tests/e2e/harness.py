@@ -199,3 +199,16 @@ def docker_ids(*args: str) -> list[str]:
         ["docker", *args], check=True, capture_output=True, text=True, timeout=60
     ).stdout
     return [line for line in out.split() if line]
+
+
+def get_object(s3: Any, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
+
+
+def keys_under(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
+    """Every key under `prefix` with its size."""
+    found: dict[str, int] = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            found[obj["Key"]] = obj["Size"]
+    return found

@@ -26,6 +26,8 @@ from tests.e2e.harness import (
     Service,
     create_database,
     docker_ids,
+    get_object,
+    keys_under,
     make_run,
     pg_s3_env,
     run_to_end,
@@ -33,18 +35,6 @@ from tests.e2e.harness import (
 )
 
 MiB = 1024 * 1024
-
-
-def get_object(s3: Any, bucket: str, key: str) -> bytes:
-    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()  # type: ignore[no-any-return]
-
-
-def keys_under(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
-    found: dict[str, int] = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            found[obj["Key"]] = obj["Size"]
-    return found
 
 
 def manifest_of(s3: Any, bucket: str, run: dict[str, Any]) -> Any:
