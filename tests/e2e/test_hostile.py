@@ -218,8 +218,12 @@ OUTPUT_CAPS = {"TASKDEPLOY_MAX_OUTPUT_FILES": "200", "TASKDEPLOY_MAX_OUTPUT_BYTE
 
 
 @pytest.fixture(scope="module")
-def capped_service(service_factory: Any, pg_database: str, s3_endpoint: str) -> Service:
-    return dedicated_service(service_factory, pg_database, s3_endpoint, OUTPUT_CAPS)
+async def capped_service(
+    service_factory: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
+) -> Service:
+    database = await create_database(postgres_url)
+    created_databases.append(database)
+    return dedicated_service(service_factory, database, s3_endpoint, OUTPUT_CAPS)
 
 
 async def test_thousand_output_files_upload_the_first_two_hundred_and_list_the_rest(
