@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.adapters.ports import (
     AdapterError,
     BucketNotFound,
+    ContainerError,
     ContainerNotFound,
     ContainerRuntime,
     ContainerSpec,
@@ -129,6 +130,9 @@ class RunExecutor:
         self.on_image_built = on_image_built
         self.on_settled = on_settled  # a run ended (or was requeued): its events wait in the outbox
         self.phases: dict[str, str] = {}  # run id -> preparing | running | finishing
+        # The watcher's stream generation when each container started: an engine restart
+        # ends the stream, so a killed container seen in a later generation was killed by it.
+        self._started_generation: dict[str, int] = {}
 
     # ------------------------------------------------------------------ database
     async def _db(self, operation: Callable[[AsyncSession], Awaitable[T]]) -> T:
@@ -244,6 +248,7 @@ class RunExecutor:
                 self.on_settled()
             if container_id is not None:
                 self.watcher.forget(container_id)
+                self._started_generation.pop(container_id, None)
                 if not keep_container:
                     await asyncio.shield(self._remove_container(container_id))
 
@@ -265,6 +270,7 @@ class RunExecutor:
                 await self.runtime.put_archive(container_id, "/workspace", workspace_tar)
                 await self._check_cancel(run.id, cancel)
                 self.watcher.expect(container_id)  # before start: the die event can't be missed
+                self._started_generation[container_id] = self.watcher.generation
                 await self.runtime.start(container_id)
             except BaseException:
                 await asyncio.shield(self._remove_container(container_id))
@@ -312,6 +318,7 @@ class RunExecutor:
         """Waits for the container (adopted ones too), enforcing the time limit from the
         run's original start."""
         died = self.watcher.expect(container_id)
+        self._started_generation.setdefault(container_id, self.watcher.generation)
         started = run.started_at or utcnow()
         remaining = run.timeout_seconds - (utcnow() - started).total_seconds()
         flag_watch = asyncio.create_task(self._watch_cancel_flag(run.id, cancel))
@@ -634,7 +641,8 @@ class RunExecutor:
                 raise RunAborted(
                     RunState.ERROR, f"output bucket {where.bucket!r} does not exist"
                 ) from exc
-            except (ObjectStoreError, RuntimeUnavailable) as exc:
+            except (ObjectStoreError, RuntimeUnavailable, ContainerError) as exc:
+                # ContainerError: the engine is busy restarting ("database not open" ...).
                 if time.monotonic() + delay > deadline:
                     raise RunAborted(RunState.ERROR, f"could not store the results: {exc}") from exc
                 log.warning("run %s: harvest failed (%s); retrying in %.0f s", run.id, exc, delay)
@@ -660,7 +668,13 @@ class RunExecutor:
         logs, report, stopped = await self._harvest_meta(run, container_id, upload)
         plan = await self._harvest_outputs(run, container_id, upload, where.prefix)
         final, reason = self._verdict(outcome, exit_code, oom, plan)
-        if outcome == "exited" and stopped:
+        engine_restarted = (
+            outcome == "exited"
+            and not oom
+            and exit_code in (137, 143)
+            and self.watcher.generation != self._started_generation.get(container_id)
+        )
+        if outcome == "exited" and (stopped or engine_restarted):
             # The wrapper was told to stop and the service did not ask: the engine restarted
             # (it stops every container) or someone stopped the container by hand.
             final = RunState.ERROR
@@ -747,8 +761,9 @@ class RunExecutor:
             try:
                 await self._download_archive(container_id, f"/workspace/{META_DIR}", spool, cap)
                 members = await asyncio.to_thread(_read_meta_members, spool)
-            except AdapterError:
-                members = {}
+            except ContainerNotFound:
+                members = {}  # the command removed the folder: no logs, no metrics
+
             for stream in ("stdout", "stderr"):
                 kept = members.get(f"{stream}.log", b"")
                 total = _parse_int(members.get(f"{stream}.total")) or len(kept)
@@ -775,7 +790,7 @@ class RunExecutor:
                 available = await self._download_archive(
                     container_id, "/workspace/output", spool, cap, scanner
                 )
-            except AdapterError as exc:
+            except ContainerNotFound as exc:
                 plan = OutputPlan()
                 plan.limit_reason = f"output folder could not be read: {exc}"
                 return plan

@@ -24,6 +24,7 @@ class ContainerWatcher(LoopService):
         self.labels = labels
         self._waiters: dict[str, asyncio.Future[ContainerEvent]] = {}
         self.oom_seen: set[str] = set()
+        self.generation = 0  # how many times the events stream ended (an engine restart ends it)
 
     def expect(self, container_id: str) -> asyncio.Future[ContainerEvent]:
         """A future completed by the container's `die` event; register it before `start`."""
@@ -53,6 +54,7 @@ class ContainerWatcher(LoopService):
                 if self.stopping:
                     break
         finally:
+            self.generation += 1
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
 
