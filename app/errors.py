@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.repositories import InvalidCursor
 from app.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,11 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _cursor_handler(_request: Request, exc: Exception) -> JSONResponse:
+    # Every paginated listing answers a forged or stale cursor the same way.
+    return JSONResponse(status_code=422, content=error_body("validation_error", str(exc), "cursor"))
+
+
 async def _unexpected_handler(_request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     return JSONResponse(status_code=500, content=error_body("internal", "internal server error"))
@@ -138,6 +144,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(AppError, _app_error_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    app.add_exception_handler(InvalidCursor, _cursor_handler)
     app.add_exception_handler(Exception, _unexpected_handler)
 
 

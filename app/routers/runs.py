@@ -9,10 +9,10 @@ from fastapi import APIRouter, Header, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, SessionDep
-from app.errors import ERROR_RESPONSES, InvalidRequest
+from app.errors import ERROR_RESPONSES
 from app.models import RunState
 from app.presenters import present_run
-from app.repositories import InvalidCursor, RunRepository, WebhookRepository
+from app.repositories import RunRepository, WebhookRepository
 from app.schemas import (
     Page,
     RunCreate,
@@ -59,12 +59,9 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[RunOut]:
     """List runs, newest first, with cursor pagination."""
-    try:
-        runs, next_cursor = await RunRepository(session).page(
-            states=state or (), owner=principal.owner_filter, cursor=cursor, limit=limit
-        )
-    except InvalidCursor as exc:
-        raise InvalidRequest(str(exc), field="cursor") from exc
+    runs, next_cursor = await RunRepository(session).page(
+        states=state or (), owner=principal.owner_filter, cursor=cursor, limit=limit
+    )
     return Page[RunOut](items=[present_run(r) for r in runs], next_cursor=next_cursor)
 
 

@@ -13,10 +13,10 @@ from app.deps import (
     ScheduleServiceDep,
     SessionDep,
 )
-from app.errors import ERROR_RESPONSES, InvalidRequest
+from app.errors import ERROR_RESPONSES
 from app.models import Schedule
 from app.presenters import present_run
-from app.repositories import InvalidCursor, RunRepository, ScheduleRepository
+from app.repositories import RunRepository, ScheduleRepository
 from app.schemas import (
     Page,
     RunOut,
@@ -83,12 +83,9 @@ async def list_schedules(
     limit: LimitQuery = 50,
 ) -> Page[ScheduleOut]:
     """List schedules, newest first, with cursor pagination."""
-    try:
-        rows, next_cursor = await ScheduleRepository(session).page(
-            owner=principal.owner_filter, cursor=cursor, limit=limit
-        )
-    except InvalidCursor as exc:
-        raise InvalidRequest(str(exc), field="cursor") from exc
+    rows, next_cursor = await ScheduleRepository(session).page(
+        owner=principal.owner_filter, cursor=cursor, limit=limit
+    )
     return Page[ScheduleOut](items=[present_schedule(s) for s in rows], next_cursor=next_cursor)
 
 
@@ -163,12 +160,9 @@ async def list_schedule_runs(
     limit: LimitQuery = 50,
 ) -> Page[RunOut]:
     """The schedule's runs, newest first (failures included: a failing schedule keeps firing)."""
-    try:
-        runs, next_cursor = await RunRepository(session).page_of_schedule(
-            schedule.id, cursor=cursor, limit=limit
-        )
-    except InvalidCursor as exc:
-        raise InvalidRequest(str(exc), field="cursor") from exc
+    runs, next_cursor = await RunRepository(session).page_of_schedule(
+        schedule.id, cursor=cursor, limit=limit
+    )
     return Page[RunOut](items=[present_run(r) for r in runs], next_cursor=next_cursor)
 
 
