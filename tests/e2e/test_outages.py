@@ -77,9 +77,11 @@ async def test_s3_unreachable_while_staging(
         resources={"memory_mb": 512},
     )
     async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
+        # Cut first: submitting needs no S3, so staging is sure to meet the outage.
+        outage = asyncio.create_task(_outage(client, s3_proxy.cut, s3_proxy.restore))
+        await asyncio.sleep(0.1)
         run_id = (await client.post("/v1/runs", json=body)).json()["id"]
-        await wait_for_state(client, run_id, {"preparing"})
-        restored = await _outage(client, s3_proxy.cut, s3_proxy.restore)
+        restored = await outage
         run = await wait_for_state(client, run_id, TERMINAL, 300)
         assert run["state"] == "succeeded", run
         # Staging waited the outage out: the command started only after S3 came back.
@@ -95,11 +97,14 @@ async def test_s3_unreachable_while_uploading(
     command = f"head -c {SIZE} /dev/zero > $OUTPUT_DIR/zeros.bin; echo written"
     body = make_run(f"s3://{bucket}/out/", command=command, resources={"memory_mb": 512})
     async with httpx.AsyncClient(base_url=service.base_url, timeout=30) as client:
+        # A run without inputs needs S3 only to upload: cut first, so the upload meets it.
+        outage = asyncio.create_task(_outage(client, s3_proxy.cut, s3_proxy.restore))
+        await asyncio.sleep(0.1)
         run_id = (await client.post("/v1/runs", json=body)).json()["id"]
-        await wait_for_state(client, run_id, {"finishing"})
-        restored = await _outage(client, s3_proxy.cut, s3_proxy.restore)
+        restored = await outage
         run = await wait_for_state(client, run_id, TERMINAL, 300)
         assert run["state"] == "succeeded", run
+        assert await _entered(client, run_id, "finishing") < restored  # uploading met the cut
         assert await _entered(client, run_id, "succeeded") >= restored - timedelta(seconds=1)
     key = f"out/{run_id}/output/zeros.bin"
     assert _sha_of_object(s3_client, bucket, key) == hashlib.sha256(bytes(SIZE)).hexdigest()
