@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -76,6 +77,15 @@ def _clean_message(msg: str) -> str:
     return msg.removeprefix("Value error, ")
 
 
+def validation_details(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """pydantic's errors as the API shows them: the dotted field and a message without
+    pydantic's prefixes. The dashboard's form shows the very same messages."""
+    return [
+        {"field": _loc_to_field(err.get("loc", ())), "message": _clean_message(str(err.get("msg")))}
+        for err in errors
+    ]
+
+
 LEGACY_PATHS = frozenset({"/deploy", "/submit_task"})
 
 
@@ -83,15 +93,9 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     if request.url.path in LEGACY_PATHS:
         # The replaced service's error shape, for its scripts.
-        detail = [
-            {"field": _loc_to_field(e.get("loc", ())), "message": _clean_message(str(e.get("msg")))}
-            for e in exc.errors()
-        ]
+        detail = validation_details(exc.errors())
         return JSONResponse(status_code=422, content={"message": "error", "detail": detail})
-    details = [
-        {"field": _loc_to_field(err.get("loc", ())), "message": _clean_message(str(err.get("msg")))}
-        for err in exc.errors()
-    ]
+    details = validation_details(exc.errors())
     first = details[0] if details else {"field": "body", "message": "invalid request"}
     message = "; ".join(f"{d['field']}: {d['message']}" for d in details) or "invalid request"
     return JSONResponse(

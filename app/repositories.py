@@ -104,12 +104,15 @@ class RunRepository:
         *,
         states: Sequence[RunState] = (),
         owner: str | None = None,
+        schedule_id: str | None = None,
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[Run], str | None]:
         query = select(Run)
         if owner is not None:
             query = query.where(Run.owner == owner)
+        if schedule_id is not None:
+            query = query.where(Run.schedule_id == schedule_id)
         if states:
             query = query.where(Run.state.in_([s.value for s in states]))
         return await _keyset_page(self.session, query, Run, cursor, limit)
@@ -263,6 +266,20 @@ class RunRepository:
     ) -> tuple[list[Run], str | None]:
         query = select(Run).where(Run.schedule_id == schedule_id)
         return await _keyset_page(self.session, query, Run, cursor, limit)
+
+    async def latest_of_schedules(self, schedule_ids: Sequence[str]) -> dict[str, Run]:
+        """Each schedule's newest run (one query: a window over the schedules' runs)."""
+        if not schedule_ids:
+            return {}
+        newest_first = (
+            func.row_number()
+            .over(partition_by=Run.schedule_id, order_by=(Run.created_at.desc(), Run.id.desc()))
+            .label("rank")
+        )
+        ranked = select(Run.id, newest_first).where(Run.schedule_id.in_(schedule_ids)).subquery()
+        query = select(Run).join(ranked, Run.id == ranked.c.id).where(ranked.c.rank == 1)
+        runs = (await self.session.execute(query)).scalars()
+        return {run.schedule_id: run for run in runs if run.schedule_id is not None}
 
     async def env_keys_in_use(self) -> set[str]:
         query = select(Run.env_key).where(

@@ -243,6 +243,9 @@ class RunMetricsOut(BaseModel):
     source: str
     summary: MetricsSummaryOut | None
     series: list[MetricsSampleOut]
+    live: bool = Field(
+        default=False, description="true while the run is running: the samples so far"
+    )
 
 
 T = TypeVar("T")
@@ -311,6 +314,7 @@ class ScheduleOut(BaseModel):
     owner: str
     name: str
     cron: str
+    description: str = Field(description='the cron expression in words, e.g. "At 02:30 every day"')
     timezone: str
     run: dict[str, Any]
     concurrency_policy: str

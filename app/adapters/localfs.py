@@ -87,20 +87,26 @@ class LocalObjectStore:
 
         OSError from writing `fileobj` is the caller's file, not the store, and is not translated.
         """
+        written = 0
+        async for chunk in self.stream_object(bucket, key):
+            await asyncio.to_thread(fileobj.write, chunk)
+            written += len(chunk)
+        return written
+
+    async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes, 1 MiB at a time."""
         path = await self._existing_object(bucket, key)
         action = f"read {bucket}/{key}"
         with self._translated(action):
             source = await asyncio.to_thread(_open_object, path)
         try:
-            written = 0
             while True:
                 # A thread hop per chunk keeps the copy cancellable and memory at one chunk.
                 with self._translated(action):
                     chunk = await asyncio.to_thread(source.read, CHUNK_BYTES)
                 if not chunk:
-                    return written
-                await asyncio.to_thread(fileobj.write, chunk)
-                written += len(chunk)
+                    return
+                yield chunk
         finally:
             await asyncio.to_thread(source.close)
 

@@ -280,18 +280,23 @@ class S3ObjectStore:
 
         OSError from writing `fileobj` is the caller's file, not the store, and is not translated.
         """
-        client = self._started()
         written = 0
+        async for chunk in self.stream_object(bucket, key):
+            await asyncio.to_thread(fileobj.write, chunk)
+            written += len(chunk)
+        return written
+
+    async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes, 1 MiB at a time: memory stays at one chunk whatever its size."""
+        client = self._started()
         with self._translated(f"download s3://{bucket}/{key}", bucket=bucket, key=key):
             response = await client.get_object(Bucket=bucket, Key=key)
             body = response["Body"]
-            # `async with body` releases the connection even if the copy fails half-way;
+            # `async with body` releases the connection even if the reader stops half-way;
             # iter_chunks lives on `body`, not on what `async with` binds.
             async with body:
                 async for chunk in body.iter_chunks(DOWNLOAD_CHUNK_BYTES):
-                    await asyncio.to_thread(fileobj.write, chunk)
-                    written += len(chunk)
-        return written
+                    yield chunk
 
     async def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes:
         """Return the whole object; refuse (without reading it) one larger than `max_bytes`."""

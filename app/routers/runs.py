@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, SessionDep
@@ -55,12 +56,19 @@ async def list_runs(
     session: SessionDep,
     principal: CurrentPrincipal,
     state: Annotated[list[RunState] | None, Query(description="filter by state")] = None,
+    schedule_id: Annotated[
+        str | None, Query(max_length=64, description="only this schedule's runs")
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[RunOut]:
     """List runs, newest first, with cursor pagination."""
     runs, next_cursor = await RunRepository(session).page(
-        states=state or (), owner=principal.owner_filter, cursor=cursor, limit=limit
+        states=state or (),
+        owner=principal.owner_filter,
+        schedule_id=schedule_id,
+        cursor=cursor,
+        limit=limit,
     )
     return Page[RunOut](items=[present_run(r) for r in runs], next_cursor=next_cursor)
 
@@ -141,6 +149,35 @@ async def get_run_metrics(run: RunFromPath, context: ContextDep) -> RunMetricsOu
         source=str(doc.get("source", "none")),
         summary=doc.get("summary"),
         series=doc.get("series", []),
+        live=bool(doc.get("live", False)),
+    )
+
+
+@router.get(
+    "/{run_id}/artifacts/{key:path}",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            "description": "the artifact's bytes, streamed from the object store",
+        }
+    },
+)
+async def download_artifact(
+    run: RunFromPath,
+    context: ContextDep,
+    key: Annotated[str, Path(max_length=1024, description="an artifact key the run lists")],
+) -> Response:
+    """Download one of the run's artifacts through the service (owner-checked like the run)."""
+    chunks = await context.results.open_artifact(run, key)
+    filename = quote(key.rpartition("/")[2] or "artifact", safe="")
+    return StreamingResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{filename}",
+            "X-Content-Type-Options": "nosniff",
+        },
     )
 
 

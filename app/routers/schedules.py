@@ -25,7 +25,7 @@ from app.schemas import (
     ScheduleOut,
     ScheduleUpdate,
 )
-from app.services.cron import describe_local
+from app.services.cron import describe_cron, describe_local
 from app.services.schedules import ScheduleService
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"], responses=ERROR_RESPONSES)
@@ -40,6 +40,7 @@ def present_schedule(schedule: Schedule) -> ScheduleOut:
         owner=schedule.owner,
         name=schedule.name,
         cron=schedule.cron,
+        description=describe_cron(schedule.cron),
         timezone=schedule.timezone,
         run=schedule.run_template,
         concurrency_policy=schedule.concurrency_policy,

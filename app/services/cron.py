@@ -58,6 +58,7 @@ from enum import StrEnum
 from itertools import islice
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cron_descriptor import ExpressionDescriptor, Options
 from croniter import CroniterError, croniter
 
 MAX_EXPRESSION_LENGTH = 200
@@ -249,6 +250,29 @@ def due_fire_times(
     if following is None:
         raise CronError(f"cron expression {spec.expression!r} has no fire time after {now}")
     return due, following
+
+
+@functools.lru_cache(maxsize=1024)  # listings describe the same few expressions every poll
+def describe_cron(expression: str) -> str:
+    """The expression in words ("At 02:30 every day", "Every 5 minutes, Monday through Friday"),
+    by cron-descriptor; the expression itself when it cannot be described."""
+    try:
+        fields = parse_cron(expression).expression.split(" ")
+    except CronError:
+        return expression
+    if len(fields) == 6:
+        fields = [fields[5], *fields[:5]]  # cron-descriptor reads seconds first
+    options = Options()
+    options.use_24hour_time_format = True
+    options.verbose = False
+    try:
+        text = str(ExpressionDescriptor(" ".join(fields), options).get_description())
+    except Exception:  # a descriptor gap must never fail a listing
+        return expression
+    day_fields = fields[-3:]
+    if text.startswith("At ") and "," not in text and day_fields == ["*", "*", "*"]:
+        text += " every day"
+    return text
 
 
 def describe_local(dt: datetime, timezone: str) -> datetime:

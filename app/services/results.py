@@ -22,7 +22,9 @@ from app.adapters.ports import (
 from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.models import Run, RunState
 from app.repositories import RunRepository
+from app.services.metrics import parse_metrics_tsv
 from app.services.runs import log_name, result_location
+from app.services.s3uri import parse_s3_uri
 
 MAX_METRICS_BYTES = 64 * 1024 * 1024
 
@@ -62,8 +64,28 @@ class RunResults:
         return await self._read(run, log_name(run, stream), self.max_log_bytes + 4096)
 
     async def metrics(self, run: Run) -> dict[str, Any]:
+        """The stored metrics.json of a finished run; while it runs, the samples so far, parsed
+        from the wrapper's file in the container (`live` is true then)."""
+        state = RunState(run.state)
+        if state in (RunState.RUNNING, RunState.FINISHING) and run.container_id:
+            text = await self._from_container(run.container_id, "metrics.tsv")
+            return {**parse_metrics_tsv(text.decode(errors="replace")).to_json(), "live": True}
         doc: dict[str, Any] = json.loads(await self._read(run, "metrics.json", MAX_METRICS_BYTES))
         return doc
+
+    async def open_artifact(self, run: Run, key: str) -> AsyncIterator[bytes]:
+        """One of the run's listed artifacts, streamed from the object store. Only keys the run
+        lists are served, so a request cannot name any other object of the bucket."""
+        if key not in {artifact["key"] for artifact in run.artifacts or []}:
+            raise NotFound(f"run {run.id} has no artifact {key!r}")
+        chunks = self.store.stream_object(parse_s3_uri(run.output_uri).bucket, key)
+        try:
+            first = await anext(chunks, b"")  # errors surface here, before a 200 is sent
+        except (ObjectNotFound, BucketNotFound) as exc:
+            raise NotFound(f"artifact {key!r} of run {run.id} is gone from the store") from exc
+        except ObjectStoreError as exc:
+            raise ServiceUnavailable(f"object store: {exc}") from exc
+        return _prepend(first, chunks)
 
     async def log_so_far(self, run: Run, stream: str) -> bytes:
         """What the stream holds now: the stored log once the run ended, the wrapper's file
@@ -72,15 +94,17 @@ class RunResults:
         if state.terminal:
             return await self.log(run, stream)
         if state in (RunState.RUNNING, RunState.FINISHING) and run.container_id:
-            return await self._from_container(run.container_id, stream)
+            return await self._from_container(run.container_id, f"{stream}.log")
         return b""
 
-    async def _from_container(self, container_id: str, stream: str) -> bytes:
+    async def _from_container(self, container_id: str, name: str) -> bytes:
+        """One of the wrapper's files in /workspace/.taskdeploy of a live container."""
         buffer = io.BytesIO()
-        cap = self.max_log_bytes + 1024 * 1024  # the file itself is capped in the container
+        # Logs are capped in the container; metrics.tsv holds one short line per sample.
+        cap = max(self.max_log_bytes, MAX_METRICS_BYTES) + 1024 * 1024
         try:
             async for chunk in self.runtime.stream_archive(
-                container_id, f"/workspace/.taskdeploy/{stream}.log"
+                container_id, f"/workspace/.taskdeploy/{name}"
             ):
                 buffer.write(chunk)
                 if buffer.tell() > cap:
@@ -118,3 +142,10 @@ class RunResults:
             if RunState(run.state).terminal:
                 return
             await asyncio.sleep(self.poll_seconds)
+
+
+async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    if first:
+        yield first
+    async for chunk in rest:
+        yield chunk
