@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -26,7 +27,7 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.observability import measure_loop_lag
 from app.repositories import ApiKeyRepository
-from app.routers import health, legacy, runs, schedules
+from app.routers import health, legacy, runs, schedules, ui
 from app.services.auth import is_loopback
 from app.services.environments import EnvironmentImages
 from app.services.results import RunResults
@@ -349,4 +350,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(runs.router)
     app.include_router(schedules.router)
     app.include_router(legacy.router)
+    app.include_router(ui.router)
+    app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")
     return app

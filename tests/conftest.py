@@ -1,4 +1,5 @@
-"""Session-wide access to the real parts the suite runs against: PostgreSQL, an S3 endpoint, Docker.
+"""Session-wide access to the real parts the suite runs against: PostgreSQL, an S3 endpoint, Docker,
+Chromium.
 
 `scripts/test` starts them and exports their addresses; a test run without them fails loudly
 instead of skipping, because every core test needs the real thing.
@@ -33,6 +34,12 @@ def postgres_url() -> str:
 def s3_endpoint() -> str:
     """The URL of moto's S3 server on loopback."""
     return _required_env("TASKDEPLOY_TEST_S3_ENDPOINT")
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Debian's Chromium, which Playwright drives as a system browser (nothing is downloaded)."""
+    return _required_env("TASKDEPLOY_TEST_CHROMIUM")
 
 
 @pytest.fixture(scope="session", autouse=True)

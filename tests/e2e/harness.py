@@ -212,3 +212,22 @@ def keys_under(s3: Any, bucket: str, prefix: str) -> dict[str, int]:
         for obj in page.get("Contents", []):
             found[obj["Key"]] = obj["Size"]
     return found
+
+
+def cli(service_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        cwd=REPO,
+        env=service_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def new_key(service: Service, owner: str, *, admin: bool = False) -> str:
+    done = cli(service.env, "keys", "create", "--owner", owner, *(["--admin"] if admin else []))
+    assert done.returncode == 0, done.stderr
+    token = done.stdout.strip()
+    assert token.startswith("td_") and "shown once" in done.stderr
+    return token

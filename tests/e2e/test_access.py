@@ -5,8 +5,6 @@ service without keys."""
 from __future__ import annotations
 
 import contextlib
-import subprocess
-import sys
 import uuid
 from typing import Any
 
@@ -14,33 +12,15 @@ import httpx
 import pytest
 
 from tests.e2e.harness import (
-    REPO,
     TERMINAL,
     Service,
+    cli,
     create_database,
     make_run,
+    new_key,
     pg_s3_env,
     wait_for_state,
 )
-
-
-def cli(service_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
-        cwd=REPO,
-        env=service_env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def new_key(service: Service, owner: str, *, admin: bool = False) -> str:
-    done = cli(service.env, "keys", "create", "--owner", owner, *(["--admin"] if admin else []))
-    assert done.returncode == 0, done.stderr
-    token = done.stdout.strip()
-    assert token.startswith("td_") and "shown once" in done.stderr
-    return token
 
 
 def as_(service: Service, token: str | None) -> httpx.AsyncClient:

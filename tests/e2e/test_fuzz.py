@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import create_database, pg_s3_env
-from tests.e2e.test_access import new_key
+from tests.e2e.harness import create_database, new_key, pg_s3_env
 
 
 async def test_every_operation_survives_fuzzing(
