@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     log_limit_bytes: int = Field(default=10 * MiB, ge=1024)
     follow_max_seconds: float = Field(default=3600, gt=0)  # longest live-log stream
     max_command_bytes: int = Field(default=64 * 1024, ge=1)
+    # Largest request body: a run's env may hold 100 values of 32 KiB.
+    max_request_bytes: int = Field(default=4 * MiB, ge=64 * 1024)
     max_input_bytes: int = Field(default=10 * 1024 * MiB, ge=1)
     max_input_files: int = Field(default=100_000, ge=1)
     max_output_bytes: int = Field(default=10 * 1024 * MiB, ge=1)

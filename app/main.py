@@ -22,6 +22,7 @@ from app.adapters.docker import DockerRuntime
 from app.adapters.localfs import LocalObjectStore
 from app.adapters.ports import AdapterError, ContainerRuntime, ObjectStore
 from app.adapters.s3 import S3ObjectStore
+from app.bodylimit import BodyLimitMiddleware
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
@@ -346,6 +347,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings or Settings()
     install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=app.state.settings.max_request_bytes)
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(schedules.router)

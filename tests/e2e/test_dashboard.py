@@ -256,7 +256,12 @@ async def test_cpu_chart_and_screenshot_of_the_run_page(
     pages: Pages, dash: Service, keys: dict[str, str], bucket: str
 ) -> None:
     run_id = await submit_api(
-        dash, keys["alice"], make_run(f"s3://{bucket}/burn", command=f"{BURNER}; echo burnt")
+        dash,
+        keys["alice"],
+        make_run(
+            f"s3://{bucket}/burn",
+            command=f"echo burning one CPU for 3 s; {BURNER}; echo burnt; echo 'a note on stderr' >&2",
+        ),
     )
     page = await pages.open(f"/ui/runs/{run_id}", key=keys["alice"])
     await expect(page.locator("#run-state")).to_have_text("succeeded", timeout=UI_WAIT_MS)
@@ -372,3 +377,24 @@ async def test_schedules_pause_resume_and_run_now(
         shot = ARTIFACTS / "schedules-page.png"
         await page.screenshot(path=str(shot), full_page=True)
         check_screenshot(shot)
+
+
+async def test_pages_and_their_assets_come_from_the_service_alone(dash: Service) -> None:
+    async with httpx.AsyncClient(base_url=dash.base_url, timeout=30) as anonymous:
+        assets: set[str] = set()
+        for path in ("/ui/runs", "/ui/runs/some-id", "/ui/schedules", "/ui/submit"):
+            page = await anonymous.get(path)  # a shell without data: no key needed
+            assert page.status_code == 200, path
+            assert "script-src 'self'" in page.headers["content-security-policy"]
+            assert page.headers["x-content-type-options"] == "nosniff"
+            assets |= set(re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', page.text))
+            assert not re.search(r'(?:src|href)="(?:https?:)?//', page.text), path
+        assert len(assets) == 6, assets
+        for asset in assets:
+            response = await anonymous.get(asset)
+            assert response.status_code == 200, asset
+            assert not re.search(rb"(?:src|href|url)\s*[=(]\s*[\"']?https?://", response.content)
+        assert (await anonymous.get("/ui")).headers["location"] == "/ui/runs"
+        assert (await anonymous.get("/ui/parts/runs")).status_code == 401  # data needs a key
+        for licence in ("htmx.LICENSE", "idiomorph.LICENSE", "uPlot.LICENSE", "VENDORED.md"):
+            assert (await anonymous.get(f"/ui/static/vendor/{licence}")).status_code == 200

@@ -406,3 +406,57 @@ async def test_runs_beyond_max_concurrency_wait_in_queued(
         await c.post(f"/v1/runs/{first['id']}/cancel")
         done = await wait_for_state(c, second["id"], TERMINAL, 60)
         assert done["state"] == "succeeded"
+
+
+async def test_metrics_are_live_while_the_run_runs(client: httpx.AsyncClient, bucket: str) -> None:
+    body = make_run(f"s3://{bucket}/o", command="echo started; sleep 60")
+    run_id = (await client.post("/v1/runs", json=body)).json()["id"]
+    await wait_for_state(client, run_id, {"running"})
+    deadline = time.monotonic() + 30
+    live: dict[str, Any] = {}
+    while time.monotonic() < deadline:  # samples come once a second: poll until two exist
+        response = await client.get(f"/v1/runs/{run_id}/metrics")
+        assert response.status_code == 200, response.text
+        live = response.json()
+        if len(live["series"]) >= 2:
+            break
+        await asyncio.sleep(0.2)
+    assert live["live"] is True and len(live["series"]) >= 2, live
+    assert live["summary"]["peak_memory_bytes"] > 0
+    await client.post(f"/v1/runs/{run_id}/cancel")
+    await wait_for_state(client, run_id, TERMINAL)
+    stored = (await client.get(f"/v1/runs/{run_id}/metrics")).json()
+    assert stored["live"] is False and len(stored["series"]) >= len(live["series"])
+
+
+async def test_artifact_downloads_are_limited_to_the_runs_artifacts(
+    client: httpx.AsyncClient, s3_client: Any, bucket: str
+) -> None:
+    s3_client.put_object(Bucket=bucket, Key="o/secret.txt", Body=b"not an artifact")
+    command = (
+        "printf abc > $OUTPUT_DIR/a.txt; mkdir -p $OUTPUT_DIR/d; "
+        "head -c 3000000 /dev/urandom > $OUTPUT_DIR/d/big.bin"
+    )
+    run = await run_to_end(client, make_run(f"s3://{bucket}/o", command=command))
+    assert run["state"] == "succeeded", run
+    keys = {a["key"] for a in run["artifacts"]}
+    assert {f"o/{run['id']}/output/a.txt", f"o/{run['id']}/output/d/big.bin"} <= keys
+    for key in keys:
+        response = await client.get(f"/v1/runs/{run['id']}/artifacts/{key}")
+        assert response.status_code == 200, (key, response.text)
+        assert response.content == get_object(s3_client, bucket, key)
+    response = await client.get(f"/v1/runs/{run['id']}/artifacts/o/{run['id']}/output/a.txt")
+    assert response.headers["content-disposition"] == "attachment; filename*=UTF-8''a.txt"
+    assert response.headers["content-type"] == "application/octet-stream"
+    for other in ("o/secret.txt", f"o/{run['id']}/output/../../secret.txt", "a.txt"):
+        refused = await client.get(f"/v1/runs/{run['id']}/artifacts/{other}")
+        assert refused.status_code == 404, other
+        assert refused.json()["error"]["code"] == "not_found"
+
+
+async def test_request_bodies_are_capped(client: httpx.AsyncClient, bucket: str) -> None:
+    huge = make_run(f"s3://{bucket}/o", command="echo " + "x" * (5 * 1024 * 1024))
+    response = await client.post("/v1/runs", json=huge)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    assert (await client.get("/healthz")).status_code == 200

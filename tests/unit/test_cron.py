@@ -16,6 +16,7 @@ from app.services.cron import (
     CronError,
     CronSpec,
     MisfirePolicy,
+    describe_cron,
     describe_local,
     due_fire_times,
     fire_times_between,
@@ -933,3 +934,24 @@ def test_describe_local_shows_a_utc_fire_time_on_the_schedule_wall_clock() -> No
 def test_describe_local_rejects_unknown_time_zones() -> None:
     with pytest.raises(CronError, match="unknown time zone 'Nowhere/Special'"):
         describe_local(utc(2025, 1, 1), "Nowhere/Special")
+
+
+@pytest.mark.parametrize(
+    ("expression", "words"),
+    [
+        ("30 2 * * *", "At 02:30 every day"),
+        ("*/5 * * * *", "Every 5 minutes"),
+        ("0 9 * * 1-5", "At 09:00, Monday through Friday"),
+        ("0 0 1 1 *", "At 00:00, on day 1 of the month, only in January"),
+        ("@hourly", "Every hour"),
+        ("@daily", "At 00:00 every day"),
+        ("15 10 * * * 30", "At 10:15:30 every day"),  # six fields: seconds last, as croniter
+        ("* * * * * *", "Every second"),
+    ],
+)
+def test_describe_cron_in_words(expression: str, words: str) -> None:
+    assert describe_cron(expression) == words
+
+
+def test_describe_cron_falls_back_to_the_expression() -> None:
+    assert describe_cron("not a cron") == "not a cron"
