@@ -336,6 +336,13 @@ class ScheduleRepository:
     def add(self, schedule: Schedule) -> None:
         self.session.add(schedule)
 
+    async def names(self, schedule_ids: Sequence[str]) -> dict[str, str]:
+        """Names of the given schedules (those that still exist)."""
+        if not schedule_ids:
+            return {}
+        query = select(Schedule.id, Schedule.name).where(Schedule.id.in_(set(schedule_ids)))
+        return {row.id: row.name for row in await self.session.execute(query)}
+
     async def delete(self, schedule: Schedule) -> None:
         await self.session.delete(schedule)
 

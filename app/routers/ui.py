@@ -145,7 +145,9 @@ async def ui_runs(
 
 
 @router.get("/runs/{run_id}")
-async def ui_run(request: Request, run_id: Annotated[str, Path(max_length=64)]) -> HTMLResponse:
+async def ui_run(
+    request: Request, run_id: Annotated[str, Path(max_length=64, pattern=r"^[A-Za-z0-9-]+$")]
+) -> HTMLResponse:
     return _page(request, "run.html", nav="runs", run_id=run_id)
 
 
@@ -177,6 +179,8 @@ async def part_runs(
         cursor=cursor,
         limit=PAGE_SIZE,
     )
+    # A run's schedule is its owner's, so the names shown are the viewer's own.
+    names = await ScheduleRepository(session).names([r.schedule_id for r in runs if r.schedule_id])
     filters = {"state": state, "schedule_id": schedule_id}
     older = (
         "/ui/runs?" + urlencode({**{k: v for k, v in filters.items() if v}, "cursor": next_cursor})
@@ -187,6 +191,7 @@ async def part_runs(
         request,
         "parts/runs_table.html",
         runs=runs,
+        schedule_names=names,
         older=older,
         first_page=cursor is None,
         newest="/ui/runs?" + urlencode({k: v for k, v in filters.items() if v}),

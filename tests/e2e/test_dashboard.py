@@ -378,6 +378,11 @@ async def test_schedules_pause_resume_and_run_now(
         await page.screenshot(path=str(shot), full_page=True)
         check_screenshot(shot)
 
+        # The schedule's runs, by its name in the runs table.
+        await row.get_by_role("link", name="nightly-report").click()
+        await expect(page).to_have_url(re.compile(f"schedule_id={schedule_id}"))
+        await expect(page.locator(f"#run-{run_id}")).to_contain_text("nightly-report")
+
 
 async def test_pages_and_their_assets_come_from_the_service_alone(dash: Service) -> None:
     async with httpx.AsyncClient(base_url=dash.base_url, timeout=30) as anonymous:

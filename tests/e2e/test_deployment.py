@@ -293,6 +293,15 @@ def check_image() -> None:
             return status if status == "healthy" else None
 
         wait_for("the HEALTHCHECK to report healthy", 30, docker_health)
+
+        # The dashboard's templates and vendored assets are in the image.
+        for path, marker in (
+            ("/ui/runs", "<title>Runs · taskdeploy</title>"),
+            ("/ui/static/vendor/uPlot.iife.min.js", "uPlot"),
+        ):
+            probe = HEALTH_PROBE.replace("/healthz", path)
+            page = run("docker", "exec", container, "python", "-c", probe, timeout=30)
+            assert page.returncode == 0 and marker in page.stdout, (path, page.stderr)
     finally:
         run("docker", "rm", "-f", "-v", container)
 

@@ -175,9 +175,14 @@ def test_untrusted_text_is_escaped() -> None:
     assert "<script>" not in html and "<img" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     table = ui.templates.get_template("parts/runs_table.html").render(
-        runs=[make_run(command=hostile)], show_owner=True, first_page=True, older=None
+        runs=[make_run(command=hostile, schedule_id="s1")],
+        schedule_names={"s1": hostile},
+        show_owner=True,
+        first_page=True,
+        older=None,
     )
     assert "<script>" not in table and 'title="&lt;script&gt;' in table
+    assert table.count("&lt;script&gt;alert(1)") == 3  # command, its title, the schedule name
 
 
 def test_cancel_button_only_while_cancellable() -> None:
