@@ -19,6 +19,7 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.deps import (
     ContextDep,
@@ -214,7 +215,7 @@ async def part_cancel_run(
     return await _run_detail(request, cancelled, service.session)
 
 
-async def _run_detail(request: Request, run: Run, session: Any) -> HTMLResponse:
+async def _run_detail(request: Request, run: Run, session: AsyncSession) -> HTMLResponse:
     events = await RunRepository(session).events(run.id)
     state = RunState(run.state)
     prefix = result_location(run).prefix
@@ -300,7 +301,7 @@ async def part_schedule_action(
 
 async def _schedules_table(
     request: Request,
-    session: Any,
+    session: AsyncSession,
     owner: str | None,
     cursor: str | None,
     notice: dict[str, str] | None = None,

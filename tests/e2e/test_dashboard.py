@@ -158,6 +158,15 @@ async def test_asks_for_a_key_once_and_shows_only_the_owners_runs(
     dialog = page.locator("#key-dialog")
     await expect(dialog).to_be_visible()  # the fragment answered 401: the page asks
     await expect(page.locator("#key-reason")).to_contain_text("API key is required")
+    # Dismissed, it stays closed while the table keeps polling (and getting 401s) ...
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    async with page.expect_response(lambda r: "/ui/parts/runs" in r.url and r.status == 401):
+        pass
+    await expect(dialog).to_be_hidden()
+    # ... until the header's button asks for it.
+    await page.get_by_role("button", name="API key").click()
+    await expect(dialog).to_be_visible()
     await page.get_by_role("textbox", name="API key").fill(keys["alice"])
     await page.get_by_role("button", name="Use this key").click()
 

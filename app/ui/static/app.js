@@ -29,9 +29,12 @@
     return `The request failed (HTTP ${status}).`;
   }
 
-  function askForKey(reason) {
+  // Closed without a key: polling fragments keep answering 401, but the dialog stays closed
+  // until the "API key" button is used.
+  let keyDismissed = false;
+  function askForKey(reason, asked = false) {
     const dialog = $("key-dialog");
-    if (dialog.open) return;
+    if (dialog.open || (keyDismissed && !asked)) return;
     $("key-reason").textContent = reason
       ? `${reason}. The key is kept in this browser and sent as a bearer token.`
       : "The key is kept in this browser and sent as a bearer token.";
@@ -56,8 +59,12 @@
       localStorage.removeItem(KEY);
       location.reload();
     });
-    $("key-cancel").addEventListener("click", () => dialog.close());
-    $("key-button").addEventListener("click", () => askForKey(""));
+    $("key-cancel").addEventListener("click", () => {
+      keyDismissed = true;
+      dialog.close();
+    });
+    dialog.addEventListener("cancel", () => { keyDismissed = true; }); // Escape
+    $("key-button").addEventListener("click", () => askForKey("", true));
     $("key-button").textContent = apiKey() ? "API key ✓" : "API key";
   }
 
