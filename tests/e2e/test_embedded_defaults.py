@@ -37,4 +37,11 @@ async def test_core_scenario_on_sqlite_and_local_store(sqlite_service: Service) 
         assert (out / "stderr.log").read_bytes() == b"e\n"
         assert (out / "output" / "sub" / "x.txt").read_bytes() == b"local input\n"
         assert (out / "metrics.json").is_file() and (out / "run.json").is_file()
+        # Artifacts download from the local store through the API, as the dashboard links them.
+        key = f"out/{run['id']}/output/sub/x.txt"
+        download = await client.get(f"/v1/runs/{run['id']}/artifacts/{key}")
+        assert download.status_code == 200 and download.content == b"local input\n"
+        # The dashboard works on the embedded defaults too.
+        part = await client.get(f"/ui/parts/runs/{run['id']}")
+        assert part.status_code == 286 and "output/sub/x.txt" in part.text  # 286: stop polling
     assert (Path(sqlite_service.env["TASKDEPLOY_DATA_DIR"]) / "taskdeploy.db").is_file()
