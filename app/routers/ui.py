@@ -60,6 +60,8 @@ STOP_POLLING = 286
 CANCELLABLE = frozenset({RunState.QUEUED, RunState.PREPARING, RunState.RUNNING})
 PAGE_SIZE = 25
 NONE = "\u2013"  # an en dash: "no value" in a table cell
+# The filter form sends "state=" for "any state".
+StateQuery = Annotated[RunState | Literal[""] | None, Query()]
 IdQuery = Annotated[str | None, Query(max_length=64)]
 CursorQuery = Annotated[str | None, Query(max_length=512)]
 
@@ -129,10 +131,11 @@ async def ui_home() -> RedirectResponse:
 @router.get("/runs")
 async def ui_runs(
     request: Request,
-    state: Annotated[RunState | None, Query()] = None,
+    state: StateQuery = None,
     schedule_id: IdQuery = None,
     cursor: CursorQuery = None,
 ) -> HTMLResponse:
+    state = state or None
     query = {"state": state, "schedule_id": schedule_id, "cursor": cursor}
     parts_query = urlencode({k: v for k, v in query.items() if v})
     return _page(
@@ -169,10 +172,11 @@ async def part_runs(
     request: Request,
     session: SessionDep,
     principal: CurrentPrincipal,
-    state: Annotated[RunState | None, Query()] = None,
+    state: StateQuery = None,
     schedule_id: IdQuery = None,
     cursor: CursorQuery = None,
 ) -> HTMLResponse:
+    state = state or None
     runs, next_cursor = await RunRepository(session).page(
         states=(state,) if state else (),
         owner=principal.owner_filter,

@@ -337,6 +337,9 @@ async def test_runs_table_updates_live_and_filters(
     await expect(page).to_have_url(re.compile(r"state=cancelled"))
     await expect(page.locator("#runs table, #runs .empty")).to_be_visible()
     await expect(page.locator(f"#run-{run_id}")).to_have_count(0)
+    await page.get_by_label("State").select_option("")  # any state
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page.locator(f"#run-{run_id}")).to_be_visible()
     # Keyboard: the first Tab reaches the skip link, which moves focus to the content.
     await page.keyboard.press("Tab")
     assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
