@@ -163,7 +163,7 @@ async def ui_schedules(request: Request, cursor: CursorQuery = None) -> HTMLResp
 
 @router.get("/submit")
 async def ui_submit(request: Request) -> HTMLResponse:
-    return _page(request, "submit.html", nav="submit", values={}, errors={}, general=[])
+    return _page(request, "submit.html", nav="submit", values={}, errors={}, summary=[])
 
 
 # ---------------------------------------------------------------------------- runs
@@ -289,15 +289,16 @@ async def part_schedule_action(
     notice: dict[str, str] | None = None
     if action == "pause":
         await service.pause(schedule.id)
+        await service.session.commit()
     elif action == "resume":
         await service.resume(schedule.id, catch_up=False)
+        await service.session.commit()
+        context.wake_scheduler()
     else:
         run = await service.trigger(schedule.id)
-        notice = {"text": f"Run {run.id} queued for {schedule.name}", "href": f"/ui/runs/{run.id}"}
-    await service.session.commit()
-    context.wake_scheduler()
-    if action == "trigger":
+        await service.session.commit()
         context.wake_dispatcher()
+        notice = {"text": f"Run {run.id} queued for {schedule.name}", "href": f"/ui/runs/{run.id}"}
     return await _schedules_table(
         request, service.session, principal.owner_filter, cursor, notice=notice
     )
@@ -417,14 +418,11 @@ def _form(
     details: list[dict[str, str]],
     status_code: int,
 ) -> HTMLResponse:
+    """The form again with the user's values, each message by its field and all of them, as
+    the API words them, in the summary on top."""
     errors: dict[str, list[str]] = {}
-    general = []
     for detail in details:
-        field = _field_of(detail["field"])
-        text = f"{detail['field']}: {detail['message']}" if detail["field"] else detail["message"]
-        if field is None:
-            general.append(text)
-        else:
+        if (field := _field_of(detail["field"])) is not None:
             errors.setdefault(field, []).append(detail["message"])
     return _part(
         request,
@@ -432,6 +430,5 @@ def _form(
         status_code=status_code,
         values={**values, "network": network},
         errors=errors,
-        general=general,
         summary=[f"{d['field']}: {d['message']}" if d["field"] else d["message"] for d in details],
     )
