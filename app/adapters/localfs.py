@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from app.adapters.ports import BucketNotFound, ObjectInfo, ObjectNotFound, ObjectStoreError
+from app.adapters.ports import (
+    BucketNotFound,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStoreError,
+    write_chunks,
+)
 
 CHUNK_BYTES = 1024 * 1024
 # In-progress writes live next to their target under this name; listings hide them and keys may
@@ -87,11 +93,7 @@ class LocalObjectStore:
 
         OSError from writing `fileobj` is the caller's file, not the store, and is not translated.
         """
-        written = 0
-        async for chunk in self.stream_object(bucket, key):
-            await asyncio.to_thread(fileobj.write, chunk)
-            written += len(chunk)
-        return written
+        return await write_chunks(self.stream_object(bucket, key), fileobj)
 
     async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """The object's bytes, 1 MiB at a time."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -192,3 +193,13 @@ class ObjectStore(Protocol):
     async def get_bytes(self, bucket: str, key: str, *, max_bytes: int) -> bytes: ...
 
     async def close(self) -> None: ...
+
+
+async def write_chunks(chunks: AsyncIterator[bytes], fileobj: BinaryIO) -> int:
+    """Write each chunk to `fileobj` off the event loop; return the bytes written. An object
+    store's download_fileobj is its stream_object written this way."""
+    written = 0
+    async for chunk in chunks:
+        await asyncio.to_thread(fileobj.write, chunk)
+        written += len(chunk)
+    return written

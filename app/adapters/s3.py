@@ -22,7 +22,13 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from app.adapters.ports import BucketNotFound, ObjectInfo, ObjectNotFound, ObjectStoreError
+from app.adapters.ports import (
+    BucketNotFound,
+    ObjectInfo,
+    ObjectNotFound,
+    ObjectStoreError,
+    write_chunks,
+)
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -280,11 +286,7 @@ class S3ObjectStore:
 
         OSError from writing `fileobj` is the caller's file, not the store, and is not translated.
         """
-        written = 0
-        async for chunk in self.stream_object(bucket, key):
-            await asyncio.to_thread(fileobj.write, chunk)
-            written += len(chunk)
-        return written
+        return await write_chunks(self.stream_object(bucket, key), fileobj)
 
     async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
         """The object's bytes, 1 MiB at a time: memory stays at one chunk whatever its size."""
