@@ -62,6 +62,7 @@ PAGE_SIZE = 25
 NONE = "\u2013"  # an en dash: "no value" in a table cell
 # The filter form sends "state=" for "any state".
 StateQuery = Annotated[RunState | Literal[""] | None, Query()]
+LimitQuery = Annotated[int, Query(ge=1, le=100)]
 IdQuery = Annotated[str | None, Query(max_length=64)]
 CursorQuery = Annotated[str | None, Query(max_length=512)]
 
@@ -134,18 +135,30 @@ async def ui_runs(
     state: StateQuery = None,
     schedule_id: IdQuery = None,
     cursor: CursorQuery = None,
+    limit: LimitQuery = PAGE_SIZE,
 ) -> HTMLResponse:
-    state = state or None
-    query = {"state": state, "schedule_id": schedule_id, "cursor": cursor}
-    parts_query = urlencode({k: v for k, v in query.items() if v})
     return _page(
         request,
         "runs.html",
         nav="runs",
-        state=state,
+        state=state or None,
         schedule_id=schedule_id or "",
-        parts_url=f"/ui/parts/runs?{parts_query}" if parts_query else "/ui/parts/runs",
+        parts_url="/ui/parts/runs" + _runs_query(state, schedule_id, limit, cursor),
     )
+
+
+def _runs_query(
+    state: str | None, schedule_id: str | None, limit: int, cursor: str | None = None
+) -> str:
+    """The query string of a runs listing: its filters, page size and page, when set."""
+    query = {
+        "state": state,
+        "schedule_id": schedule_id,
+        "limit": limit if limit != PAGE_SIZE else None,
+        "cursor": cursor,
+    }
+    text = urlencode({k: v for k, v in query.items() if v})
+    return f"?{text}" if text else ""
 
 
 @router.get("/runs/{run_id}")
@@ -175,6 +188,7 @@ async def part_runs(
     state: StateQuery = None,
     schedule_id: IdQuery = None,
     cursor: CursorQuery = None,
+    limit: LimitQuery = PAGE_SIZE,
 ) -> HTMLResponse:
     state = state or None
     runs, next_cursor = await RunRepository(session).page(
@@ -182,24 +196,20 @@ async def part_runs(
         owner=principal.owner_filter,
         schedule_id=schedule_id or None,
         cursor=cursor,
-        limit=PAGE_SIZE,
+        limit=limit,
     )
     # A run's schedule is its owner's, so the names shown are the viewer's own.
     names = await ScheduleRepository(session).names([r.schedule_id for r in runs if r.schedule_id])
-    filters = {"state": state, "schedule_id": schedule_id}
-    older = (
-        "/ui/runs?" + urlencode({**{k: v for k, v in filters.items() if v}, "cursor": next_cursor})
-        if next_cursor
-        else None
-    )
     return _part(
         request,
         "parts/runs_table.html",
         runs=runs,
         schedule_names=names,
-        older=older,
+        older=f"/ui/runs{_runs_query(state, schedule_id, limit, next_cursor)}"
+        if next_cursor
+        else None,
         first_page=cursor is None,
-        newest="/ui/runs?" + urlencode({k: v for k, v in filters.items() if v}),
+        newest=f"/ui/runs{_runs_query(state, schedule_id, limit)}",
         show_owner=principal.owner_filter is None,
     )
 

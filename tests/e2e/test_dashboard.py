@@ -340,6 +340,25 @@ async def test_runs_table_updates_live_and_filters(
     await page.get_by_label("State").select_option("")  # any state
     await page.get_by_role("button", name="Filter").click()
     await expect(page.locator(f"#run-{run_id}")).to_be_visible()
+    # Pages of two, newest first, with links both ways.
+    more = [await submit_api(dash, keys["alice"], make_run(f"s3://{bucket}/t")) for _ in range(2)]
+    await page.goto("/ui/runs?limit=2")
+    rows = page.locator("#runs tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_have_id(f"run-{more[1]}")
+    times = "ts => ts.map(t => t.dateTime)"
+    first = await page.locator("#runs tbody time").evaluate_all(times)
+    await page.get_by_role("link", name="Older →").click()
+    await expect(page).to_have_url(re.compile(r"limit=2&cursor="))
+    await expect(rows.first).not_to_have_id(f"run-{more[1]}")
+    older = await page.locator("#runs tbody time").evaluate_all(times)
+    assert older and first + older == sorted(first + older, reverse=True)
+    await expect(page.get_by_role("link", name="← Newest")).to_have_attribute(
+        "href", "/ui/runs?limit=2"
+    )
+    async with api(dash, keys["alice"]) as alice:
+        for other in more:
+            await wait_for_state(alice, other, TERMINAL)
     # Keyboard: the first Tab reaches the skip link, which moves focus to the content.
     await page.keyboard.press("Tab")
     assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
