@@ -261,12 +261,6 @@ class RunRepository:
         )
         return list((await self.session.execute(query)).scalars())
 
-    async def page_of_schedule(
-        self, schedule_id: str, *, cursor: str | None, limit: int
-    ) -> tuple[list[Run], str | None]:
-        query = select(Run).where(Run.schedule_id == schedule_id)
-        return await _keyset_page(self.session, query, Run, cursor, limit)
-
     async def latest_of_schedules(self, schedule_ids: Sequence[str]) -> dict[str, Run]:
         """Each schedule's newest run (one query: a window over the schedules' runs)."""
         if not schedule_ids:

@@ -161,8 +161,8 @@ async def list_schedule_runs(
     limit: LimitQuery = 50,
 ) -> Page[RunOut]:
     """The schedule's runs, newest first (failures included: a failing schedule keeps firing)."""
-    runs, next_cursor = await RunRepository(session).page_of_schedule(
-        schedule.id, cursor=cursor, limit=limit
+    runs, next_cursor = await RunRepository(session).page(
+        schedule_id=schedule.id, cursor=cursor, limit=limit
     )
     return Page[RunOut](items=[present_run(r) for r in runs], next_cursor=next_cursor)
 

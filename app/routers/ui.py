@@ -35,7 +35,7 @@ from app.models import Run, RunEvent, RunState
 from app.repositories import RunRepository, ScheduleRepository
 from app.schemas import RunCreate
 from app.services.cron import describe_cron, describe_local
-from app.services.runs import result_location
+from app.services.runs import CANCELLABLE, result_location
 from app.services.schedules import ScheduleService
 
 UI_DIR = FilePath(__file__).resolve().parents[1] / "ui"
@@ -57,7 +57,6 @@ PAGE_HEADERS = {
 }
 # htmx stops polling a fragment that answers 286: a finished run does not change any more.
 STOP_POLLING = 286
-CANCELLABLE = frozenset({RunState.QUEUED, RunState.PREPARING, RunState.RUNNING})
 PAGE_SIZE = 25
 NONE = "\u2013"  # an en dash: "no value" in a table cell
 # The filter form sends "state=" for "any state".

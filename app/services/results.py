@@ -66,9 +66,8 @@ class RunResults:
     async def metrics(self, run: Run) -> dict[str, Any]:
         """The stored metrics.json of a finished run; while it runs, the samples so far, parsed
         from the wrapper's file in the container (`live` is true then)."""
-        state = RunState(run.state)
-        if state in (RunState.RUNNING, RunState.FINISHING) and run.container_id:
-            text = await self._from_container(run.container_id, "metrics.tsv")
+        if container_id := _live_container(run):
+            text = await self._from_container(container_id, "metrics.tsv", MAX_METRICS_BYTES)
             return {**parse_metrics_tsv(text.decode(errors="replace")).to_json(), "live": True}
         doc: dict[str, Any] = json.loads(await self._read(run, "metrics.json", MAX_METRICS_BYTES))
         return doc
@@ -90,18 +89,18 @@ class RunResults:
     async def log_so_far(self, run: Run, stream: str) -> bytes:
         """What the stream holds now: the stored log once the run ended, the wrapper's file
         in the container while it runs, nothing before it starts."""
-        state = RunState(run.state)
-        if state.terminal:
+        if RunState(run.state).terminal:
             return await self.log(run, stream)
-        if state in (RunState.RUNNING, RunState.FINISHING) and run.container_id:
-            return await self._from_container(run.container_id, f"{stream}.log")
+        if container_id := _live_container(run):
+            # The file itself is capped in the container.
+            cap = self.max_log_bytes + 1024 * 1024
+            return await self._from_container(container_id, f"{stream}.log", cap)
         return b""
 
-    async def _from_container(self, container_id: str, name: str) -> bytes:
-        """One of the wrapper's files in /workspace/.taskdeploy of a live container."""
+    async def _from_container(self, container_id: str, name: str, cap: int) -> bytes:
+        """One of the wrapper's files in /workspace/.taskdeploy of a live container, reading
+        no more than about `cap` bytes of it."""
         buffer = io.BytesIO()
-        # Logs are capped in the container; metrics.tsv holds one short line per sample.
-        cap = max(self.max_log_bytes, MAX_METRICS_BYTES) + 1024 * 1024
         try:
             async for chunk in self.runtime.stream_archive(
                 container_id, f"/workspace/.taskdeploy/{name}"
@@ -142,6 +141,13 @@ class RunResults:
             if RunState(run.state).terminal:
                 return
             await asyncio.sleep(self.poll_seconds)
+
+
+def _live_container(run: Run) -> str | None:
+    """The container whose files hold the run's output so far, while it runs."""
+    if RunState(run.state) in (RunState.RUNNING, RunState.FINISHING):
+        return run.container_id
+    return None
 
 
 async def _prepend(first: bytes, rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
