@@ -1,27 +1,73 @@
 #!/usr/bin/env bash
-# Job: make sure a Docker engine answers `docker info`; as root, install docker.io and start dockerd if needed.
+# Job: make sure a Docker engine answers `docker info` and can cap a container's disk
+# (`--storage-opt size=`); as root, install docker.io and start dockerd on a btrfs data root if
+# needed, then make the job network (see scripts/ensure-job-network.sh).
+#
+# Why btrfs: a run's workspace lives in its container's writable layer, capped per run with the
+# engine's `size` storage option. Docker honours that option on btrfs, zfs, and overlay2 over XFS
+# mounted with project quotas. This kernel has no quota support (CONFIG_QUOTA is off, so neither
+# XFS nor ext4 project quotas mount), while btrfs quota groups are part of btrfs itself. The data
+# root is a sparse file loop-mounted with discard, so deleted data goes back to the host.
+#
+# Env: TASKDEPLOY_DOCKER_DATA_ROOT (default /var/lib/taskdeploy/docker),
+#      TASKDEPLOY_DOCKER_DISK_GB (size of the sparse btrfs file when it is first made; default
+#      3/4 of the free space, at most 256).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/lib.sh"
 
 DOCKERD_LOG=/var/log/taskdeploy-dockerd.log
 DOCKERD_PIDFILE=/var/run/taskdeploy-dockerd.pid
+DATA_ROOT=${TASKDEPLOY_DOCKER_DATA_ROOT:-/var/lib/taskdeploy/docker}
+DISK_IMAGE=$DATA_ROOT.btrfs.img
 DEADLINE=60
 
 server_version() { docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?'; }
+storage_driver() { docker info --format '{{.Driver}}' 2>/dev/null || echo '?'; }
+
+# The drivers on which Docker enforces `--storage-opt size`: btrfs, zfs, and overlay2 over XFS
+# (which also needs the pquota mount option; the service's own start-up probe tells that apart).
+caps_disk() {
+    case $(storage_driver) in
+    btrfs | zfs) return 0 ;;
+    overlay2) [[ $(docker info --format '{{json .DriverStatus}}' 2>/dev/null) == *'"Backing Filesystem","xfs"'* ]] ;;
+    *) return 1 ;;
+    esac
+}
+
+engine_ready() {
+    td_docker_ok || return 1
+    if ! caps_disk; then
+        log "the Docker engine's storage driver ($(storage_driver)) cannot cap a container's disk"
+        return 1
+    fi
+    "$TD_SCRIPTS/ensure-job-network.sh"
+    log "Docker engine is up (server $(server_version), storage driver $(storage_driver))"
+}
 
 # tests/e2e/test_deployment.py validates docker-compose.yml with Debian's docker-compose.
 command -v docker-compose >/dev/null || td_apt_install --no-install-recommends docker-compose
 
-if td_docker_ok; then
-    log "Docker engine is up (server $(server_version))"
+if td_docker_ok && caps_disk; then
+    engine_ready
     exit 0
 fi
 
 td_lock docker
-if td_docker_ok; then # someone else started it while we waited for the lock
-    log "Docker engine is up (server $(server_version))"
-    exit 0
+
+own_pid=$(td_pidfile_alive "$DOCKERD_PIDFILE" dockerd) || own_pid=
+if td_docker_ok; then
+    caps_disk && {
+        engine_ready
+        exit 0
+    }
+    # Only an engine these scripts started may be restarted; anyone else's stays as it is.
+    [[ -n $own_pid ]] ||
+        die "the running Docker engine uses storage driver $(storage_driver), which cannot cap a run's disk, and was not started by this script: run it on btrfs, zfs or overlay2 over XFS with pquota (or stop it and let this script start one)"
+    log "stopping the dockerd this script started (pid $own_pid): its data root cannot cap a run's disk"
+    kill "$own_pid"
+    td_wait_until 60 "dockerd $own_pid to exit" bash -c "! kill -0 $own_pid 2>/dev/null" ||
+        die "dockerd $own_pid did not stop"
 fi
 
 # Starting a local daemon cannot help a client that talks to another engine.
@@ -44,7 +90,7 @@ if [[ -n $running ]]; then
     log "dockerd already running (pid ${running% }) but not answering yet; waiting up to ${DEADLINE}s"
     td_wait_until "$DEADLINE" "the running dockerd" td_docker_ok ||
         die "dockerd (pid ${running% }) runs but \`docker info\` still fails; not starting a second daemon (its log may be $DOCKERD_LOG)"
-    log "Docker engine is up (server $(server_version))"
+    engine_ready || die "the engine that came up cannot cap a run's disk"
     exit 0
 fi
 
@@ -54,21 +100,42 @@ fi
 if ! command -v dockerd >/dev/null || ! command -v docker >/dev/null; then
     td_apt_install docker.io
     command -v dockerd >/dev/null || die "dockerd still not found after installing docker.io"
-    # The package scripts may have started a daemon already.
-    if td_docker_ok; then
-        log "Docker engine is up after install (server $(server_version))"
+    # The package scripts may have started a daemon (on the default data root); stop it only if
+    # it cannot cap a run's disk and it is the package's own.
+    if td_docker_ok && caps_disk; then
+        engine_ready
         exit 0
     fi
-    [[ -z $(td_pids_named dockerd) ]] || {
-        td_wait_until "$DEADLINE" "dockerd started by the package" td_docker_ok ||
-            die "the dockerd started by the docker.io package does not answer"
-        exit 0
-    }
+    for pid in $(td_pids_named dockerd); do
+        log "stopping the dockerd the docker.io package started (pid $pid)"
+        kill "$pid" 2>/dev/null || true
+        td_wait_until 60 "dockerd $pid to exit" bash -c "! kill -0 $pid 2>/dev/null" || true
+    done
 fi
+command -v mkfs.btrfs >/dev/null || td_apt_install --no-install-recommends btrfs-progs
 
-log "starting dockerd in the background (log $DOCKERD_LOG, pid file $DOCKERD_PIDFILE)"
+# The btrfs data root: a sparse file, loop-mounted with discard so freed blocks go back to the host.
+if ! mountpoint -q "$DATA_ROOT"; then
+    mkdir -p "$DATA_ROOT"
+    if [[ ! -s $DISK_IMAGE ]]; then
+        free_gb=$(($(df --output=avail -B1G "$(dirname "$DISK_IMAGE")" | tail -n 1)))
+        size_gb=${TASKDEPLOY_DOCKER_DISK_GB:-$((free_gb * 3 / 4))}
+        ((size_gb <= 256)) || size_gb=256
+        ((size_gb >= 8)) || die "only ${free_gb} GB free under $(dirname "$DISK_IMAGE"); the Docker data root needs at least 8 (TASKDEPLOY_DOCKER_DISK_GB)"
+        log "making a ${size_gb} GB sparse btrfs file system in $DISK_IMAGE for the Docker data root"
+        truncate -s "${size_gb}G" "$DISK_IMAGE.part"
+        mkfs.btrfs -q -f "$DISK_IMAGE.part" >&2
+        mv -f "$DISK_IMAGE.part" "$DISK_IMAGE"
+    fi
+    mount -o loop,discard=async "$DISK_IMAGE" "$DATA_ROOT" ||
+        die "cannot loop-mount $DISK_IMAGE on $DATA_ROOT"
+    log "mounted $DISK_IMAGE on $DATA_ROOT ($(findmnt -no FSTYPE "$DATA_ROOT"))"
+fi
+[[ $(findmnt -no FSTYPE "$DATA_ROOT") == btrfs ]] || die "$DATA_ROOT is mounted but not btrfs"
+
+log "starting dockerd in the background (data root $DATA_ROOT, log $DOCKERD_LOG, pid file $DOCKERD_PIDFILE)"
 start=$(td_now_us)
-td_start_daemon "$DOCKERD_LOG" "$DOCKERD_PIDFILE" dockerd
+td_start_daemon "$DOCKERD_LOG" "$DOCKERD_PIDFILE" dockerd --data-root "$DATA_ROOT" --storage-driver btrfs
 dockerd_pid=$TD_PID
 
 dockerd_up() {
@@ -81,4 +148,7 @@ if ! td_wait_until "$DEADLINE" "dockerd" dockerd_up; then
     kill "$dockerd_pid" 2>/dev/null || true # ours, and useless; the next run starts afresh
     die "dockerd did not answer \`docker info\` within ${DEADLINE}s; see $DOCKERD_LOG"
 fi
-log "dockerd (pid $dockerd_pid) up in $(td_elapsed "$start")s (server $(server_version))"
+# Quota groups of removed containers linger as "stale" entries; dropping them is housekeeping.
+btrfs qgroup clear-stale "$DATA_ROOT" >/dev/null 2>&1 || true
+log "dockerd (pid $dockerd_pid) up in $(td_elapsed "$start")s"
+engine_ready || die "the engine that came up cannot cap a run's disk"
