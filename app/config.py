@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -60,18 +60,33 @@ class Settings(BaseSettings):
     image_cache_max_count: int = Field(default=20, ge=1)
     image_cache_max_bytes: int = Field(default=20 * 1024 * MiB, ge=1)
     build_timeout_seconds: float = Field(default=900, gt=0)
+    build_memory_mb: int = Field(default=2048, ge=64)  # each environment image build's RAM
+    build_cpus: float = Field(default=1.0, gt=0)  # ... and CPU quota
 
     # --- run limits and defaults
     max_concurrent_runs: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     default_cpus: float = Field(default=1.0, gt=0)
     default_memory_mb: int = Field(default=512, ge=6)
     max_cpus: float = Field(default_factory=lambda: float(os.cpu_count() or 1), gt=0)
-    max_memory_mb: int = Field(default_factory=lambda: _host_memory_bytes() // MiB, ge=6)
+    # Half the host: one run's memory limit must leave room for the service, the engine and
+    # the page cache the other runs' inputs and outputs go through.
+    max_memory_mb: int = Field(default_factory=lambda: _host_memory_bytes() // 2 // MiB, ge=6)
+    # The workspace (inputs, outputs, anything the job writes outside the tmpfs /tmp) lives in
+    # the container's writable layer, capped with the engine's `size` storage option.
+    default_disk_mb: int = Field(default=2048, ge=16)
+    max_disk_mb: int = Field(default=20 * 1024, ge=16)
+    # required: refuse to start on an engine that cannot cap a container's disk; off: no cap
+    # (RLIMIT_FSIZE still caps each file) — only for engines without btrfs, zfs or XFS pquota.
+    disk_quota: Literal["required", "off"] = "required"
+    nofile_limit: int = Field(default=4096, ge=64)
     default_timeout_seconds: int = Field(default=3600, ge=1)
     max_timeout_seconds: int = Field(default=24 * 3600, ge=1)
     pids_limit: int = Field(default=512, ge=16)
     tmp_size_mb: int = Field(default=256, ge=1)
     allow_network: bool = False
+    # The network runs with network access join: made by scripts/ensure-job-network.sh, with no
+    # route to the host's own services, the metadata address, private ranges or other jobs.
+    job_network: str = Field(default="taskdeploy-jobs", min_length=1, max_length=128)
     metrics_interval_seconds: float = Field(default=1.0, ge=0.1, le=60)
     log_limit_bytes: int = Field(default=10 * MiB, ge=1024)
     follow_max_seconds: float = Field(default=3600, gt=0)  # longest live-log stream
@@ -116,6 +131,8 @@ class Settings(BaseSettings):
             raise ValueError("TASKDEPLOY_AUTH must be auto, required or disabled")
         if self.object_store not in {"auto", "s3", "local"}:
             raise ValueError("TASKDEPLOY_OBJECT_STORE must be auto, s3 or local")
+        if self.default_disk_mb > self.max_disk_mb:
+            raise ValueError("TASKDEPLOY_DEFAULT_DISK_MB exceeds TASKDEPLOY_MAX_DISK_MB")
         if self.default_timeout_seconds > self.max_timeout_seconds:
             raise ValueError(
                 "TASKDEPLOY_DEFAULT_TIMEOUT_SECONDS exceeds TASKDEPLOY_MAX_TIMEOUT_SECONDS"

@@ -20,10 +20,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app import migrate
 from app.adapters.docker import DockerRuntime
 from app.adapters.localfs import LocalObjectStore
-from app.adapters.ports import AdapterError, ContainerRuntime, ObjectStore
+from app.adapters.ports import (
+    AdapterError,
+    BuildLimits,
+    ContainerRuntime,
+    ContainerSpec,
+    DiskLimitUnsupported,
+    ObjectStore,
+    RuntimeUnavailable,
+)
 from app.adapters.s3 import S3ObjectStore
 from app.bodylimit import BodyLimitMiddleware
-from app.config import Settings
+from app.config import MiB, Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.observability import measure_loop_lag
@@ -70,6 +78,49 @@ async def check_exposure(
             "could run commands. Create one with `taskdeploy keys create --owner NAME "
             "--admin`, or listen on 127.0.0.1."
         )
+
+
+async def check_engine(settings: Settings, runtime: ContainerRuntime) -> None:
+    """The engine must be able to cap a run's disk (unless the operator turned that off) and,
+    when runs may have network, hold the job network with inter-container traffic off. An
+    engine that cannot be reached yet is no reason to refuse: its runs fail with the reason."""
+    try:
+        if settings.allow_network:
+            await _check_job_network(settings.job_network, runtime)
+        if settings.disk_quota == "required":
+            await _probe_disk_quota(settings, runtime)
+    except RuntimeUnavailable as exc:
+        log.warning("could not check the Docker engine at start-up: %s", exc)
+
+
+async def _check_job_network(name: str, runtime: ContainerRuntime) -> None:
+    network = await runtime.network_info(name)
+    if network is None or network.driver != "bridge":
+        raise UnsafeStartup(
+            f"TASKDEPLOY_ALLOW_NETWORK is on but the Docker engine has no bridge network {name!r}"
+            " for runs: make it with scripts/ensure-job-network.sh (it also sets the firewall "
+            "rules that keep jobs away from this host and private ranges)"
+        )
+    if network.options.get("com.docker.network.bridge.enable_icc") != "false":
+        raise UnsafeStartup(
+            f"the job network {name!r} lets containers reach each other: recreate it with "
+            "com.docker.network.bridge.enable_icc=false (scripts/ensure-job-network.sh)"
+        )
+
+
+async def _probe_disk_quota(settings: Settings, runtime: ContainerRuntime) -> None:
+    """Creates (never starts) a container with a disk cap from a base image the engine has."""
+    for image in dict.fromkeys([settings.default_image, *settings.image_allow_list]):
+        if await runtime.image_info(image) is None:
+            continue
+        spec = ContainerSpec(image=image, command=["true"], env={}, labels={}, disk_bytes=16 * MiB)
+        try:
+            container_id = await runtime.create_container(spec)
+        except DiskLimitUnsupported as exc:
+            raise UnsafeStartup(f"{exc}. Without it one run could fill this host's disk.") from exc
+        await runtime.remove(container_id)
+        return
+    log.warning("no allowed base image on the engine yet: the disk cap is checked at each run")
 
 
 @dataclass
@@ -166,6 +217,8 @@ def run_limits(settings: Settings) -> RunLimits:
         default_memory_mb=settings.default_memory_mb,
         max_cpus=settings.max_cpus,
         max_memory_mb=settings.max_memory_mb,
+        default_disk_mb=settings.default_disk_mb,
+        max_disk_mb=settings.max_disk_mb,
         default_timeout_seconds=settings.default_timeout_seconds,
         max_timeout_seconds=settings.max_timeout_seconds,
         max_command_bytes=settings.max_command_bytes,
@@ -207,6 +260,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await check_exposure(settings, sessionmaker)
         runtime = DockerRuntime(settings.docker_url)
         stack.push_async_callback(runtime.close)
+        await check_engine(settings, runtime)
         store = await _open_store(settings, stack)
 
         environments = EnvironmentImages(
@@ -214,6 +268,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             sessionmaker,
             template_version=settings.env_template_version,
             build_timeout=settings.build_timeout_seconds,
+            build_limits=BuildLimits(
+                memory_bytes=settings.build_memory_mb * MiB,
+                nano_cpus=int(settings.build_cpus * 1e9),
+                nofile=settings.nofile_limit,
+            ),
         )
         # All of this service's containers: a run adopted from another replica keeps the
         # other replica's instance label.
@@ -238,6 +297,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 max_output_files=settings.max_output_files,
                 spool_memory_bytes=settings.spool_memory_bytes,
                 tmp_dir=settings.data_dir / "tmp",
+                job_network=settings.job_network,
+                disk_quota=settings.disk_quota == "required",
+                default_disk_mb=settings.default_disk_mb,
+                nofile_limit=settings.nofile_limit,
                 prepare_deadline_seconds=settings.prepare_deadline_seconds,
                 finish_deadline_seconds=settings.finish_deadline_seconds,
                 db_retry_seconds=settings.db_retry_seconds,

@@ -69,6 +69,7 @@ class Run(Base):
     output_uri: Mapped[str] = mapped_column(Text)
     cpus: Mapped[float] = mapped_column(Float)
     memory_mb: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int | None] = mapped_column(Integer)  # null: submitted before disk limits
     timeout_seconds: Mapped[int] = mapped_column(Integer)
     env: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
     network: Mapped[bool] = mapped_column(Boolean, default=False)

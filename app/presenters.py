@@ -29,7 +29,7 @@ def present_run(run: Run) -> RunOut:
         image=run.image,
         input=run.input_uri,
         output=run.output_uri,
-        resources=ResourcesOut(cpus=run.cpus, memory_mb=run.memory_mb),
+        resources=ResourcesOut(cpus=run.cpus, memory_mb=run.memory_mb, disk_mb=run.disk_mb),
         timeout_seconds=run.timeout_seconds,
         env=run.env,
         network=run.network,

@@ -66,6 +66,12 @@ class Resources(StrictModel):
     memory_mb: StrictInt | None = Field(
         default=None, ge=6, description="memory limit in MiB (swap is not allowed)"
     )
+    disk_mb: StrictInt | None = Field(
+        default=None,
+        ge=16,
+        description="workspace size limit in MiB (inputs, outputs and whatever the job writes "
+        "outside /tmp); default from settings",
+    )
 
 
 RetryableState = Literal["error", "failed", "timed_out"]
@@ -150,6 +156,7 @@ class RunCreate(StrictModel):
 class ResourcesOut(BaseModel):
     cpus: float
     memory_mb: int
+    disk_mb: int | None = Field(default=None, description="null: a run from before disk limits")
 
 
 class MetricsSummaryOut(BaseModel):

@@ -6,8 +6,9 @@
 # Why btrfs: a run's workspace lives in its container's writable layer, capped per run with the
 # engine's `size` storage option. Docker honours that option on btrfs, zfs, and overlay2 over XFS
 # mounted with project quotas. This kernel has no quota support (CONFIG_QUOTA is off, so neither
-# XFS nor ext4 project quotas mount), while btrfs quota groups are part of btrfs itself. The data
-# root is a sparse file loop-mounted with discard, so deleted data goes back to the host.
+# XFS nor ext4 project quotas mount), while btrfs quotas are part of btrfs itself; we use its
+# simple quotas (scripts/btrfs-quota.py says why). The data root is a sparse file loop-mounted
+# with discard, so deleted data goes back to the host.
 #
 # Env: TASKDEPLOY_DOCKER_DATA_ROOT (default /var/lib/taskdeploy/docker),
 #      TASKDEPLOY_DOCKER_DISK_GB (size of the sparse btrfs file when it is first made; default
@@ -35,11 +36,23 @@ caps_disk() {
     esac
 }
 
+# simple_quotas: make our btrfs data root account with simple quotas (see scripts/btrfs-quota.py:
+# classic quota groups stop enforcing limits whenever they go inconsistent).
+simple_quotas() {
+    local mode
+    mode=$(python3 "$TD_SCRIPTS/btrfs-quota.py" "$DATA_ROOT" "$(findmnt -no UUID "$DATA_ROOT")") ||
+        die "cannot switch $DATA_ROOT to btrfs simple quotas (Linux 6.7 or newer needed; got: ${mode:-?})"
+}
+
 engine_ready() {
     td_docker_ok || return 1
     if ! caps_disk; then
         log "the Docker engine's storage driver ($(storage_driver)) cannot cap a container's disk"
         return 1
+    fi
+    if [[ $(docker info --format '{{.DockerRootDir}}' 2>/dev/null) == "$DATA_ROOT" ]] &&
+        [[ $(findmnt -no FSTYPE "$DATA_ROOT") == btrfs ]]; then
+        simple_quotas
     fi
     "$TD_SCRIPTS/ensure-job-network.sh"
     log "Docker engine is up (server $(server_version), storage driver $(storage_driver))"
@@ -132,6 +145,7 @@ if ! mountpoint -q "$DATA_ROOT"; then
     log "mounted $DISK_IMAGE on $DATA_ROOT ($(findmnt -no FSTYPE "$DATA_ROOT"))"
 fi
 [[ $(findmnt -no FSTYPE "$DATA_ROOT") == btrfs ]] || die "$DATA_ROOT is mounted but not btrfs"
+simple_quotas
 
 log "starting dockerd in the background (data root $DATA_ROOT, log $DOCKERD_LOG, pid file $DOCKERD_PIDFILE)"
 start=$(td_now_us)
@@ -148,7 +162,5 @@ if ! td_wait_until "$DEADLINE" "dockerd" dockerd_up; then
     kill "$dockerd_pid" 2>/dev/null || true # ours, and useless; the next run starts afresh
     die "dockerd did not answer \`docker info\` within ${DEADLINE}s; see $DOCKERD_LOG"
 fi
-# Quota groups of removed containers linger as "stale" entries; dropping them is housekeeping.
-btrfs qgroup clear-stale "$DATA_ROOT" >/dev/null 2>&1 || true
 log "dockerd (pid $dockerd_pid) up in $(td_elapsed "$start")s"
 engine_ready || die "the engine that came up cannot cap a run's disk"

@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
+import tarfile
+import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager, suppress
 from datetime import UTC, datetime
-from typing import BinaryIO, Final, TypeAlias
+from typing import Any, BinaryIO, Final, TypeAlias
 
 import aiodocker
 import aiohttp
 
 from app.adapters.ports import (
     AdapterError,
+    BuildLimits,
     BuildResult,
     ContainerError,
     ContainerEvent,
     ContainerNotFound,
     ContainerSpec,
     ContainerState,
+    DiskLimitUnsupported,
     ImageBuildFailed,
     ImageInfo,
     ImageNotFound,
     LogStream,
+    NetworkInfo,
     RuntimeUnavailable,
     StatsSample,
 )
@@ -43,6 +50,7 @@ _RFC3339 = re.compile(
     r"^(?P<base>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d{2}:\d{2})$"
 )
 _CONNECT_TIMEOUT_S: Final = 30.0
+_BUILD_LOG_CHARS: Final = 1024 * 1024
 
 _Json: TypeAlias = dict[str, object]
 
@@ -156,43 +164,56 @@ class DockerRuntime:
         )
 
     async def build_image(
-        self, context_tar: BinaryIO, *, tag: str, labels: dict[str, str], buildargs: dict[str, str]
+        self,
+        context_tar: BinaryIO,
+        *,
+        tag: str,
+        labels: dict[str, str],
+        buildargs: dict[str, str],
+        limits: BuildLimits | None = None,
     ) -> BuildResult:
-        """Build from a tar context; never pulls, so the caller must check that FROM exists."""
-        log: list[str] = []
+        """Build from a tar context within `limits`; never pulls, so the caller must check that
+        FROM exists. Closing the request (a cancelled caller) makes the engine stop the build."""
+        log = _BuildLog()
         produced_image = False
         action = f"build image {tag}"
+        params = {
+            "t": tag,
+            "labels": json.dumps(labels),
+            "buildargs": json.dumps(buildargs),
+            "pull": "0",  # a missing base must fail, never reach for a registry
+            "rm": "1",
+            "forcerm": "1",
+            **(_build_limit_params(limits) if limits is not None else {}),
+        }
         try:
-            with _translated(action, ImageNotFound):
-                items = self._client().images.build(
-                    fileobj=context_tar,
-                    encoding="application/x-tar",
-                    tag=tag,
-                    labels=labels,
-                    buildargs=buildargs,
-                    pull=False,  # a missing base must fail, never reach for a registry
-                    forcerm=True,
-                    rm=True,
-                    stream=True,
-                )
-                async for item in items:
-                    text = item.get("stream")
-                    if isinstance(text, str):
-                        log.append(text)
+            async with self._request(
+                action,
+                "build",
+                "POST",
+                params=params,
+                data=_read_chunks(context_tar),
+                headers={"Content-Type": "application/x-tar"},
+                not_found=ImageNotFound,
+            ) as response:
+                async for item in _json_lines(response, action):
+                    if isinstance(text := item.get("stream"), str):
+                        log.add(text)
                     if isinstance(item.get("aux"), dict):
                         produced_image = True
-        except aiodocker.DockerStreamError as exc:
-            raise ImageBuildFailed(f"{action}: {exc.message}", "".join(log)) from exc
+                    if item.get("error") is not None:
+                        message = _str(item.get("error")) or "the build failed"
+                        raise ImageBuildFailed(f"{action}: {message}", log.text())
         except ContainerError as exc:
             # The engine answers a bad Dockerfile or context with a 4xx/5xx before streaming.
-            raise ImageBuildFailed(str(exc), "".join(log)) from exc
+            raise ImageBuildFailed(str(exc), log.text()) from exc
         if not produced_image:
-            # aiodocker ends the stream quietly when the connection drops; don't tag a half build.
-            raise ImageBuildFailed(f"{action}: the build ended without an image", "".join(log))
+            # The stream can end quietly when the connection drops; don't tag a half build.
+            raise ImageBuildFailed(f"{action}: the build ended without an image", log.text())
         info = await self.image_info(tag)
         if info is None:
-            raise ImageBuildFailed(f"{action}: the built tag is gone", "".join(log))
-        return BuildResult(image_id=info.id, log="".join(log))
+            raise ImageBuildFailed(f"{action}: the built tag is gone", log.text())
+        return BuildResult(image_id=info.id, log=log.text())
 
     async def list_images(self, label: str) -> list[ImageInfo]:
         data = await self._json(
@@ -242,8 +263,8 @@ class DockerRuntime:
             # An empty Cmd makes the engine fall back to the image's CMD.
             raise ValueError("a container needs a command")
         params = {"name": spec.name} if spec.name else None
-        data = _obj(
-            await self._json(
+        try:
+            created = await self._json(
                 f"create a container from {spec.image}",
                 "containers/create",
                 "POST",
@@ -251,7 +272,15 @@ class DockerRuntime:
                 body=_container_config(spec),
                 not_found=ImageNotFound,
             )
-        )
+        except ContainerError as exc:
+            if spec.disk_bytes is not None and "storage-opt" in str(exc):
+                raise DiskLimitUnsupported(
+                    f"the Docker engine cannot cap a container's disk ({exc}); run it on btrfs, "
+                    "zfs or overlay2 over XFS with pquota (scripts/ensure-docker.sh), or set "
+                    "TASKDEPLOY_DISK_QUOTA=off"
+                ) from exc
+            raise
+        data = _obj(created)
         container_id = _str(data.get("Id"))
         if not container_id:
             raise ContainerError("the engine created a container without an id")
@@ -309,6 +338,37 @@ class DockerRuntime:
         except _Conflict as exc:
             if "is not running" not in str(exc):
                 raise
+
+    async def has_disk_room(self, container_id: str, needed: int) -> bool:
+        """Writes `needed` bytes into the container's layer, outside the workspace, and tells
+        whether they fitted. The engine's own SizeRw is no help here (-1 on btrfs), and what
+        the job wrote cannot be trusted, so the engine is asked to write."""
+        probe = io.BytesIO()
+        with tarfile.open(fileobj=probe, mode="w") as tar:
+            info = tarfile.TarInfo(f".taskdeploy-room-{uuid.uuid4().hex}")
+            info.size = needed
+            tar.addfile(info, _Zeros(needed))
+        probe.seek(0)
+        try:
+            await self.put_archive(container_id, "/", probe)
+        except ContainerError as exc:
+            if any(word in str(exc).lower() for word in ("quota", "no space left")):
+                return False
+            raise
+        return True
+
+    async def network_info(self, name: str) -> NetworkInfo | None:
+        try:
+            data = _obj(
+                await self._json(f"inspect network {name}", f"networks/{name}", not_found=_Missing)
+            )
+        except _Missing:
+            return None
+        return NetworkInfo(
+            name=_str(data.get("Name")),
+            driver=_str(data.get("Driver")),
+            options=_str_map(data.get("Options")),
+        )
 
     async def remove(self, container_id: str) -> None:
         try:
@@ -449,14 +509,16 @@ class _Conflict(ContainerError):
     """A 409 from the engine; callers decide whether the conflict is harmless."""
 
 
+class _Missing(AdapterError):
+    """A 404 for something that is neither a container nor an image."""
+
+
 @contextmanager
 def _translated(action: str, not_found: type[AdapterError]) -> Iterator[None]:
     try:
         yield
     except AdapterError:
         raise
-    except aiodocker.DockerStreamError:
-        raise  # only builds stream errors, and build_image turns them into ImageBuildFailed
     except aiodocker.DockerError as exc:
         message = f"{action}: {exc.message}"
         if exc.status == 404:
@@ -484,13 +546,16 @@ def _container_config(spec: ContainerSpec) -> _Json:
         "Memory": spec.memory_bytes,
         "MemorySwap": spec.memory_bytes,  # equal to Memory: no swap on top
         "NanoCpus": spec.nano_cpus,
-        "NetworkMode": "bridge" if spec.network_enabled else "none",
+        "NetworkMode": spec.network or "none",
         "ReadonlyRootfs": spec.read_only_root,
         "Tmpfs": dict(spec.tmpfs),
+        "Ulimits": [{"Name": name, "Soft": v, "Hard": v} for name, v in spec.ulimits.items()],
         "LogConfig": _log_config(spec.log_max_bytes),
         "AutoRemove": False,  # the outputs and exit code are read after exit
         "RestartPolicy": {"Name": "no"},
     }
+    if spec.disk_bytes is not None:
+        host_config["StorageOpt"] = {"size": str(spec.disk_bytes)}
     return {
         "Image": spec.image,
         # An empty Entrypoint list (unlike a missing one) drops the image's entrypoint.
@@ -500,14 +565,60 @@ def _container_config(spec: ContainerSpec) -> _Json:
         "Labels": dict(spec.labels),
         "User": spec.user,
         "WorkingDir": spec.working_dir,
-        # Anonymous: put_archive can write to it despite a read-only root, and remove(v=1) frees it.
-        "Volumes": {spec.workspace: {}},
         "AttachStdin": False,
         "AttachStdout": False,
         "AttachStderr": False,
         "Tty": False,
         "OpenStdin": False,
         "HostConfig": host_config,
+    }
+
+
+class _Zeros(io.RawIOBase):
+    """`size` zero bytes, read in any chunks (a tar member's body without holding it)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+class _BuildLog:
+    """The build's output, keeping its last `limit` characters (where a failure shows)."""
+
+    def __init__(self, limit: int = _BUILD_LOG_CHARS) -> None:
+        self.limit = limit
+        self.parts: deque[str] = deque()
+        self.size = 0
+        self.dropped = False
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        while self.size > self.limit and len(self.parts) > 1:
+            self.size -= len(self.parts.popleft())
+            self.dropped = True
+
+    def text(self) -> str:
+        body = "".join(self.parts)[-self.limit :]
+        return f"[taskdeploy: earlier build output left out]\n{body}" if self.dropped else body
+
+
+def _build_limit_params(limits: BuildLimits) -> dict[str, str]:
+    period = 100_000  # CFS period in microseconds; the quota is the CPUs' share of it
+    return {
+        "memory": str(limits.memory_bytes),
+        "memswap": str(limits.memory_bytes),  # equal to memory: no swap on top
+        "cpuperiod": str(period),
+        "cpuquota": str(max(1000, limits.nano_cpus * period // 1_000_000_000)),
+        "ulimits": json.dumps([{"Name": "nofile", "Soft": limits.nofile, "Hard": limits.nofile}]),
     }
 
 

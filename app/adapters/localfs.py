@@ -8,7 +8,7 @@ import io
 import os
 import stat
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -95,7 +95,7 @@ class LocalObjectStore:
         """
         return await write_chunks(self.stream_object(bucket, key), fileobj)
 
-    async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+    async def stream_object(self, bucket: str, key: str) -> AsyncGenerator[bytes, None]:
         """The object's bytes, 1 MiB at a time."""
         path = await self._existing_object(bucket, key)
         action = f"read {bucket}/{key}"

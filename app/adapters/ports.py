@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO, Literal, Protocol
@@ -81,12 +81,36 @@ class ContainerSpec:
     nano_cpus: int = 1_000_000_000
     memory_bytes: int = 256 * 1024 * 1024
     pids_limit: int = 256
-    network_enabled: bool = False
+    network: str | None = None  # the network to join; None: no network at all
     log_max_bytes: int = 1024 * 1024
-    workspace: str = "/workspace"  # anonymous volume mounted here
+    # The cap of the container's writable layer, where the workspace lives (None: no cap).
+    disk_bytes: int | None = None
+    ulimits: dict[str, int] = field(default_factory=dict)  # RLIMIT name -> soft = hard limit
     tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "rw,nosuid,nodev,size=64m"})
-    read_only_root: bool = True
+    # The workspace is staged into the writable layer, so the root stays writable (for the
+    # job only where the image lets its uid write, all of it under `disk_bytes`).
+    read_only_root: bool = False
     name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BuildLimits:
+    """What one image build may use: its RUN steps are other people's package installs."""
+
+    memory_bytes: int
+    nano_cpus: int
+    nofile: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInfo:
+    name: str
+    driver: str
+    options: dict[str, str]
+
+
+class DiskLimitUnsupported(AdapterError):
+    """The engine cannot cap a container's writable layer (its storage driver has no quotas)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +159,13 @@ class ContainerRuntime(Protocol):
     async def image_info(self, ref: str) -> ImageInfo | None: ...
 
     async def build_image(
-        self, context_tar: BinaryIO, *, tag: str, labels: dict[str, str], buildargs: dict[str, str]
+        self,
+        context_tar: BinaryIO,
+        *,
+        tag: str,
+        labels: dict[str, str],
+        buildargs: dict[str, str],
+        limits: BuildLimits | None = None,
     ) -> BuildResult: ...
 
     async def list_images(self, label: str) -> list[ImageInfo]: ...
@@ -155,6 +185,12 @@ class ContainerRuntime(Protocol):
     async def inspect(self, container_id: str) -> ContainerState | None: ...
 
     async def kill(self, container_id: str, signal: str = "SIGKILL") -> None: ...
+
+    async def has_disk_room(self, container_id: str, needed: int) -> bool:
+        """Whether `needed` more bytes still fit the (stopped) container's capped layer."""
+        ...
+
+    async def network_info(self, name: str) -> NetworkInfo | None: ...
 
     async def remove(self, container_id: str) -> None: ...
 
@@ -180,7 +216,7 @@ class ObjectStore(Protocol):
 
     async def download_fileobj(self, bucket: str, key: str, fileobj: BinaryIO) -> int: ...
 
-    def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]: ...
+    def stream_object(self, bucket: str, key: str) -> AsyncGenerator[bytes, None]: ...
 
     async def upload_fileobj(
         self, bucket: str, key: str, fileobj: BinaryIO, *, content_type: str | None = None

@@ -7,7 +7,7 @@ import collections
 import contextlib
 import io
 import mmap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Self
 
@@ -288,7 +288,7 @@ class S3ObjectStore:
         """
         return await write_chunks(self.stream_object(bucket, key), fileobj)
 
-    async def stream_object(self, bucket: str, key: str) -> AsyncIterator[bytes]:
+    async def stream_object(self, bucket: str, key: str) -> AsyncGenerator[bytes, None]:
         """The object's bytes, 1 MiB at a time: memory stays at one chunk whatever its size."""
         client = self._started()
         with self._translated(f"download s3://{bucket}/{key}", bucket=bucket, key=key):

@@ -13,7 +13,7 @@ from importlib import resources
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.adapters.ports import ContainerRuntime, ImageBuildFailed
+from app.adapters.ports import BuildLimits, ContainerRuntime, ImageBuildFailed
 from app.db import utcnow
 from app.observability import IMAGE_BUILD_SECONDS, IMAGE_CACHE
 from app.repositories import EnvironmentImageRepository, RunRepository
@@ -86,6 +86,7 @@ class EnvironmentImages:
         *,
         template_version: str,
         build_timeout: float,
+        build_limits: BuildLimits | None = None,
     ) -> None:
         self.runtime = runtime
         self.sessionmaker = sessionmaker
@@ -95,6 +96,7 @@ class EnvironmentImages:
         ).hexdigest()[:16]
         self.template_version = f"{template_version}:{template_digest}"
         self.build_timeout = build_timeout
+        self.build_limits = build_limits
         self._builds: dict[str, asyncio.Task[EnvironmentImageRef]] = {}
         self.hits = 0
         self.misses = 0
@@ -150,6 +152,7 @@ class EnvironmentImages:
                     tag=tag,
                     labels=labels,
                     buildargs={"BASE_IMAGE": base_image_id},
+                    limits=self.build_limits,
                 ),
                 self.build_timeout,
             )

@@ -46,6 +46,8 @@ class RunLimits:
     default_memory_mb: int
     max_cpus: float
     max_memory_mb: int
+    default_disk_mb: int
+    max_disk_mb: int
     default_timeout_seconds: int
     max_timeout_seconds: int
     max_command_bytes: int
@@ -188,6 +190,12 @@ class RunService:
                 f"resources.memory_mb {memory} exceeds the maximum of {lim.max_memory_mb}",
                 field="resources.memory_mb",
             )
+        disk = body.resources.disk_mb or min(lim.default_disk_mb, lim.max_disk_mb)
+        if disk > lim.max_disk_mb:
+            raise InvalidRequest(
+                f"resources.disk_mb {disk} exceeds the maximum of {lim.max_disk_mb}",
+                field="resources.disk_mb",
+            )
         timeout = body.timeout_seconds or lim.default_timeout_seconds
         if timeout > lim.max_timeout_seconds:
             raise InvalidRequest(
@@ -203,6 +211,7 @@ class RunService:
             "image": image,
             "cpus": cpus,
             "memory_mb": memory,
+            "disk_mb": disk,
             "timeout_seconds": timeout,
             "packages": sorted(set(body.packages)),
             "callback_url": callback_url,

@@ -11,8 +11,9 @@ from typing import BinaryIO, Literal
 
 JOB_UID = 65534
 JOB_GID = 65534
+WORKSPACE = "/workspace"  # in the container's writable layer, under the run's disk cap
 META_DIR = ".taskdeploy"
-ENTRYPOINT = f"/workspace/{META_DIR}/entrypoint.sh"
+ENTRYPOINT = f"{WORKSPACE}/{META_DIR}/entrypoint.sh"
 TAR_FORMAT: Literal[0, 1, 2] = tarfile.PAX_FORMAT
 BLOCK = tarfile.BLOCKSIZE
 
@@ -29,17 +30,21 @@ def _info(name: str, *, kind: bytes, size: int = 0, mode: int = 0o644) -> tarfil
 
 
 class WorkspaceTarWriter:
-    """Writes the tar that `put_archive` unpacks into /workspace, streaming file bodies.
+    """Writes the tar that `put_archive` unpacks at the container's root, streaming file bodies.
 
-    Entries are written by hand (header, body, padding) so a file's body can be streamed from
-    the object store straight into the spool file without an intermediate copy.
+    Names are relative to the workspace; every entry lands under `root` (`workspace/`), which
+    the first entry creates, owned by the job's user. Entries are written by hand (header, body,
+    padding) so a file's body can be streamed from the object store straight into the spool
+    file without an intermediate copy.
     """
 
-    def __init__(self, fileobj: BinaryIO) -> None:
+    def __init__(self, fileobj: BinaryIO, root: str = WORKSPACE.lstrip("/")) -> None:
         self.fileobj = fileobj
+        self.root = root
         self._dirs: set[str] = set()
 
     def _write_header(self, info: tarfile.TarInfo) -> None:
+        info.name = posixpath.normpath(f"{self.root}/{info.name}")
         self.fileobj.write(info.tobuf(TAR_FORMAT, "utf-8", "surrogateescape"))
 
     def add_dir(self, name: str) -> None:

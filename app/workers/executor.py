@@ -30,6 +30,7 @@ from app.adapters.ports import (
     ContainerSpec,
     ContainerState,
     ImageNotFound,
+    ObjectInfo,
     ObjectNotFound,
     ObjectStore,
     ObjectStoreError,
@@ -101,6 +102,10 @@ class ExecutorConfig:
     max_output_files: int
     spool_memory_bytes: int
     tmp_dir: Path
+    job_network: str = "taskdeploy-jobs"
+    disk_quota: bool = True  # cap each container's writable layer (the workspace) at its disk_mb
+    default_disk_mb: int = 2048  # for runs submitted before disk limits existed
+    nofile_limit: int = 4096
     prepare_deadline_seconds: float = 1800.0
     finish_deadline_seconds: float = 1800.0
     db_retry_seconds: float = 120.0
@@ -267,7 +272,7 @@ class RunExecutor:
             try:
                 await self._update(run.id, container_id=container_id)
                 workspace_tar.seek(0)
-                await self.runtime.put_archive(container_id, "/workspace", workspace_tar)
+                await self.runtime.put_archive(container_id, "/", workspace_tar)
                 await self._check_cancel(run.id, cancel)
                 self.watcher.expect(container_id)  # before start: the die event can't be missed
                 self._started_generation[container_id] = self.watcher.generation
@@ -461,8 +466,15 @@ class RunExecutor:
             nano_cpus=int(run.cpus * 1e9),
             memory_bytes=run.memory_mb * 1024 * 1024,
             pids_limit=cfg.pids_limit,
-            network_enabled=run.network,
+            network=cfg.job_network if run.network else None,
             log_max_bytes=1024 * 1024,
+            disk_bytes=self._disk_bytes(run) if cfg.disk_quota else None,
+            ulimits={
+                "nofile": cfg.nofile_limit,
+                # A backstop for an engine without a disk cap: no single file beyond it.
+                "fsize": self._disk_bytes(run),
+                "core": 0,
+            },
             # mode: an image without /tmp gets a root-owned 0755 one from the build.
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={cfg.tmp_size_mb}m,mode=1777"},
             name=f"taskdeploy-{run.id}",
@@ -473,6 +485,9 @@ class RunExecutor:
             # The janitor may have evicted the image between lookup and create: build it again.
             ref = await self._environment(run)
             return await self.runtime.create_container(dataclasses.replace(spec, image=ref.tag))
+
+    def _disk_bytes(self, run: Run) -> int:
+        return (run.disk_mb or self.config.default_disk_mb) * 1024 * 1024
 
     # ------------------------------------------------------------------ 3. inputs
     async def _stage_inputs_retrying(self, run: Run, spool: BinaryIO) -> None:
@@ -509,24 +524,16 @@ class RunExecutor:
                         )
                     if run.unpack_zip and rel.lower().endswith(".zip"):
                         added_files, added_bytes = await self._stage_zip(
-                            source.bucket,
-                            obj.key,
-                            rel,
-                            writer,
-                            room=self.config.max_input_bytes - total,
+                            source.bucket, obj, rel, writer, room=self._input_room(run) - total
                         )
                         files, total = files + added_files, total + added_bytes
-                        self._check_input_caps(files, total)
+                        self._check_input_caps(run, files, total)
                         continue
                     files += 1
                     total += obj.size
-                    self._check_input_caps(files, total)
+                    self._check_input_caps(run, files, total)
                     writer.begin_file(f"input/{rel}", obj.size)
-                    written = await self.store.download_fileobj(source.bucket, obj.key, spool)
-                    if written != obj.size:
-                        raise RunAborted(
-                            RunState.ERROR, f"input {obj.key!r} changed while it was being staged"
-                        )
+                    written = await self._download_exactly(source.bucket, obj, spool)
                     writer.pad(written)
             except BucketNotFound as exc:
                 raise RunAborted(
@@ -534,22 +541,55 @@ class RunExecutor:
                 ) from exc
         writer.close()
 
-    def _check_input_caps(self, files: int, total: int) -> None:
+    def _input_room(self, run: Run) -> int:
+        """The bytes of input a run may stage: the operator's cap, and no more than its own
+        workspace can hold (the rest of the disk limit is for what the job writes)."""
+        return min(self.config.max_input_bytes, self._disk_bytes(run))
+
+    def _check_input_caps(self, run: Run, files: int, total: int) -> None:
         if files > self.config.max_input_files or total > self.config.max_input_bytes:
             raise RunAborted(
                 RunState.ERROR,
                 f"inputs exceed the caps of {self.config.max_input_files} files / "
                 f"{self.config.max_input_bytes} bytes",
             )
+        if total > self._disk_bytes(run):
+            raise RunAborted(
+                RunState.ERROR,
+                f"inputs of {total} bytes do not fit the run's disk limit of "
+                f"{self._disk_bytes(run) // (1024 * 1024)} MiB (resources.disk_mb)",
+            )
+
+    async def _download_exactly(self, bucket: str, obj: ObjectInfo, fileobj: BinaryIO) -> int:
+        """Downloads exactly the `obj.size` bytes the listing promised: an object that grew or
+        shrank since (replaced meanwhile) ends the run instead of being written past its size."""
+        written = 0
+        async with contextlib.aclosing(self.store.stream_object(bucket, obj.key)) as chunks:
+            async for chunk in chunks:
+                written += len(chunk)
+                if written > obj.size:
+                    break
+                await asyncio.to_thread(fileobj.write, chunk)
+        if written != obj.size:
+            raise RunAborted(RunState.ERROR, f"input {obj.key!r} changed while it was being staged")
+        return written
 
     async def _stage_zip(
-        self, bucket: str, key: str, rel: str, writer: WorkspaceTarWriter, *, room: int
+        self, bucket: str, obj: ObjectInfo, rel: str, writer: WorkspaceTarWriter, *, room: int
     ) -> tuple[int, int]:
         """Unpacks one .zip input into input/<rel without .zip>/, refusing the whole run when
         the archive breaks a rule (unsafe names, links, a bomb, more than `room` bytes)."""
+        key = obj.key
         folder = f"input/{rel[: -len('.zip')]}"
+        if obj.size > room:
+            # Checked on the listing's size, before a byte of the archive is downloaded.
+            raise RunAborted(
+                RunState.ERROR,
+                f"zip input {key!r} refused: the archive alone is {obj.size} bytes, more than "
+                f"the {max(room, 0)} bytes of input room left",
+            )
         with tempfile.TemporaryFile(dir=str(self.config.tmp_dir)) as archive:
-            await self.store.download_fileobj(bucket, key, archive)
+            await self._download_exactly(bucket, obj, archive)
             try:
                 return await asyncio.to_thread(_unpack_zip, archive, folder, writer, room)
             except (ZipRefused, zipfile.BadZipFile, UnicodeDecodeError, NotImplementedError) as exc:
@@ -668,6 +708,8 @@ class RunExecutor:
         logs, report, stopped = await self._harvest_meta(run, container_id, upload)
         plan = await self._harvest_outputs(run, container_id, upload, where.prefix)
         final, reason = self._verdict(outcome, exit_code, oom, plan)
+        if final == RunState.FAILED and not oom:
+            reason = "; ".join(filter(None, [reason, await self._disk_note(run, container_id)]))
         engine_restarted = (
             outcome == "exited"
             and not oom
@@ -698,6 +740,20 @@ class RunExecutor:
                 session, run.id, final, reason, values, detail=reason or f"exit code {exit_code}"
             )
         )
+
+    async def _disk_note(self, run: Run, container_id: str) -> str | None:
+        """Says so when a failed command had filled its workspace's disk limit (measured by the
+        engine: what the job wrote cannot be trusted to tell)."""
+        if not self.config.disk_quota:
+            return None
+        cap = self._disk_bytes(run)
+        try:
+            # Full means: not even 1 % more (at least 1 MiB) fits any more.
+            if await self.runtime.has_disk_room(container_id, max(cap // 100, 1024 * 1024)):
+                return None
+        except AdapterError:
+            return None
+        return f"the job filled its disk limit of {cap // (1024 * 1024)} MiB (resources.disk_mb)"
 
     @staticmethod
     def _verdict(

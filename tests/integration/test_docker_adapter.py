@@ -19,6 +19,7 @@ import pytest_asyncio
 
 from app.adapters.docker import MANAGED_LABEL, DockerRuntime
 from app.adapters.ports import (
+    BuildLimits,
     ContainerEvent,
     ContainerNotFound,
     ContainerSpec,
@@ -93,13 +94,14 @@ def make_spec(**overrides: Any) -> ContainerSpec:
 
 
 def workspace_tar(files: dict[str, bytes] | None = None) -> io.BytesIO:
-    """The workspace as the executor stages it: `.`, input/ and output/ owned by the job user."""
+    """The workspace as the executor stages it at the container's root: workspace/, input/ and
+    output/ owned by the job user."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name in (".", "input", "output"):
+        for name in ("workspace", "workspace/input", "workspace/output"):
             tar.addfile(_dir_entry(name))
         for name, data in (files or {}).items():
-            info = tarfile.TarInfo(f"input/{name}")
+            info = tarfile.TarInfo(f"workspace/input/{name}")
             info.size, info.uid, info.gid, info.mode = len(data), JOB_UID, JOB_UID, 0o644
             tar.addfile(info, io.BytesIO(data))
     buffer.seek(0)
@@ -139,7 +141,7 @@ async def run(
 ) -> tuple[str, ContainerState]:
     """Create, stage a workspace, start and wait: one job from start to finish."""
     container_id = await create(runtime, containers, make_spec(command=command, **overrides))
-    await runtime.put_archive(container_id, "/workspace", workspace_tar(files))
+    await runtime.put_archive(container_id, "/", workspace_tar(files))
     await runtime.start(container_id)
     state = await asyncio.wait_for(runtime.wait(container_id), DEADLINE_S)
     return container_id, state
@@ -227,12 +229,14 @@ async def test_the_sandbox_settings_apply_inside_the_container(
             "grep CapEff /proc/self/status",
             "grep NoNewPrivs /proc/self/status",
             "ls /sys/class/net",
-            "touch /probe 2>/dev/null && echo root-writable || echo root-read-only",
+            "touch /probe 2>/dev/null && echo root-writable || echo root-closed-to-the-job",
             "touch /tmp/probe && echo tmp-writable",
             "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max",
             "cat /sys/fs/cgroup/pids/pids.max",
             "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max",
             "pwd",
+            "ulimit -n",
+            "ulimit -c",
         ]
     )
     container_id, state = await run(
@@ -242,6 +246,7 @@ async def test_the_sandbox_settings_apply_inside_the_container(
         memory_bytes=48 * MiB,
         pids_limit=77,
         nano_cpus=500_000_000,
+        ulimits={"nofile": 321, "core": 0},
     )
 
     stderr = await read_log(runtime, container_id, "stderr")
@@ -253,21 +258,21 @@ async def test_the_sandbox_settings_apply_inside_the_container(
         "CapEff:\t0000000000000000",
         "NoNewPrivs:\t1",
         "lo",
-        "root-read-only",
+        "root-closed-to-the-job",
         "tmp-writable",
         str(48 * MiB),
         "77",
         "50000",  # half of the default 100 ms CFS period
         "/workspace",
+        "321",
+        "0",
     ]
 
 
 async def test_the_network_is_there_only_when_enabled(
     runtime: DockerRuntime, containers: list[str]
 ) -> None:
-    container_id, state = await run(
-        runtime, containers, ["ls", "/sys/class/net"], network_enabled=True
-    )
+    container_id, state = await run(runtime, containers, ["ls", "/sys/class/net"], network="bridge")
 
     assert state.exit_code == 0
     assert (await read_log(runtime, container_id, "stdout")).split() == [b"eth0", b"lo"]
@@ -347,25 +352,65 @@ async def test_kill_stops_a_sleeping_job_and_ignores_a_stopped_one(
     await runtime.kill(killed)  # not running any more: no error
 
 
-async def test_remove_deletes_the_container_and_its_workspace_volume(
+async def test_remove_deletes_the_container_and_leaves_no_volume(
     runtime: DockerRuntime, engine: aiodocker.Docker, containers: list[str]
 ) -> None:
-    container_id, _ = await run(runtime, containers, ["sh", "-c", "echo data > output/file"])
-    details = await engine.containers.get(container_id)
-    [mount] = details["Mounts"]
-    assert (mount["Type"], mount["Destination"]) == ("volume", "/workspace")
-
     async def volume_names() -> set[str]:
         listing = await engine.volumes.list()  # type: ignore[no-untyped-call]
         return {volume["Name"] for volume in listing["Volumes"] or []}
 
-    assert mount["Name"] in await volume_names()
+    before = await volume_names()
+    container_id, _ = await run(runtime, containers, ["sh", "-c", "echo data > output/file"])
+    details = await engine.containers.get(container_id)
+    # The workspace lives in the container's own (capped) layer, not in a volume.
+    assert details["Mounts"] == []
 
     await runtime.remove(container_id)
 
     assert await runtime.inspect(container_id) is None
-    assert mount["Name"] not in await volume_names()
+    assert await volume_names() <= before
     await runtime.remove(container_id)  # already gone: no error
+
+
+async def test_disk_bytes_caps_what_the_job_can_write_and_has_disk_room_tells(
+    runtime: DockerRuntime, containers: list[str]
+) -> None:
+    script = "dd if=/dev/zero of=output/fill bs=1M count={} 2>&1; echo exit=$?"
+    full_id, state = await run(
+        runtime, containers, ["sh", "-c", script.format(200)], disk_bytes=40 * MiB
+    )
+    roomy_id, _ = await run(
+        runtime, containers, ["sh", "-c", script.format(10)], disk_bytes=40 * MiB
+    )
+
+    out = (await read_log(runtime, full_id, "stdout")).decode()
+    assert state.exit_code == 0, out
+    assert "exit=1" in out and "quota exceeded" in out.lower(), out
+    assert await runtime.has_disk_room(full_id, 1 * MiB) is False
+    assert await runtime.has_disk_room(roomy_id, 1 * MiB) is True
+    # The probe lives outside the workspace: the output folder holds only the job's file.
+    chunks = [chunk async for chunk in runtime.stream_archive(roomy_id, "/workspace/output")]
+    with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as tar:
+        assert sorted(tar.getnames()) == ["output", "output/fill"]
+
+
+async def test_fsize_caps_each_file(runtime: DockerRuntime, containers: list[str]) -> None:
+    script = "dd if=/dev/zero of=output/big bs=1M count=8 2>/dev/null; wc -c < output/big"
+    container_id, state = await run(
+        runtime, containers, ["sh", "-c", script], ulimits={"fsize": 3 * MiB}
+    )
+
+    assert (await read_log(runtime, container_id, "stdout")).strip() == str(3 * MiB).encode()
+    assert state.exit_code == 0
+
+
+async def test_network_info_reads_the_job_network(runtime: DockerRuntime) -> None:
+    # Made by scripts/ensure-job-network.sh, which the suite's set-up runs.
+    network = await runtime.network_info("taskdeploy-jobs")
+
+    assert network is not None and network.driver == "bridge"
+    assert network.options["com.docker.network.bridge.enable_icc"] == "false"
+    assert await runtime.network_info(f"missing-{uuid.uuid4().hex}") is None
 
 
 async def test_list_containers_finds_exactly_the_labelled_ones(
@@ -423,7 +468,7 @@ async def test_archives_tell_a_missing_path_from_a_missing_container(
     with pytest.raises(ContainerNotFound, match="no such path"):
         await runtime.put_archive(container_id, "/nothing", workspace_tar())
     with pytest.raises(ContainerNotFound, match="no such container"):
-        await runtime.put_archive(uuid.uuid4().hex, "/workspace", workspace_tar())
+        await runtime.put_archive(uuid.uuid4().hex, "/", workspace_tar())
 
 
 async def test_events_report_the_labelled_container_dying_with_its_exit_code(
@@ -604,6 +649,72 @@ async def test_a_failing_build_raises_with_the_build_output(
     assert await runtime.image_info(tag) is None
 
 
+async def test_a_build_runs_within_its_memory_cpu_and_file_limits(
+    runtime: DockerRuntime, images: list[str], run_labels: dict[str, str]
+) -> None:
+    tag = f"taskdeploy-test/adapter:{uuid.uuid4().hex[:12]}"
+    images.append(tag)
+    probe = "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max"
+    dockerfile = (
+        f"FROM {BUSYBOX}\n"
+        f'RUN echo "{tag} quota=$({probe})" && echo "nofile=$(ulimit -n)" && '
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup/memory.max\n"
+        # Then a step that wants more memory than the build may have.
+        "RUN x=a; while :; do x=$x$x; done\n"
+    )
+    limits = BuildLimits(memory_bytes=64 * MiB, nano_cpus=500_000_000, nofile=333)
+
+    with pytest.raises(ImageBuildFailed) as failure:
+        await runtime.build_image(
+            build_context(dockerfile), tag=tag, labels=run_labels, buildargs={}, limits=limits
+        )
+
+    log = failure.value.log
+    assert "quota=50000" in log and "nofile=333" in log and str(64 * MiB) in log, log
+    assert "non-zero code: 137" in str(failure.value)  # the memory bomb was killed
+    assert await runtime.image_info(tag) is None
+
+
+async def test_a_cancelled_build_stops_and_leaves_no_container(
+    runtime: DockerRuntime,
+    engine: aiodocker.Docker,
+    images: list[str],
+    run_labels: dict[str, str],
+) -> None:
+    tag = f"taskdeploy-test/adapter:{uuid.uuid4().hex[:12]}"
+    images.append(tag)
+    marker = f"sleep 300 # {uuid.uuid4().hex}"
+    build = asyncio.create_task(
+        runtime.build_image(
+            build_context(f"FROM {BUSYBOX}\nRUN {marker}\n"),
+            tag=tag,
+            labels=run_labels,
+            buildargs={},
+        )
+    )
+
+    async def step_containers() -> list[str]:
+        listing = await engine.containers.list(all=True)
+        return [c.id for c in listing if marker in str(c._container.get("Command", ""))]
+
+    found: list[str] = []
+
+    async def step_running() -> bool:
+        found[:] = await step_containers()
+        return bool(found)
+
+    await eventually(step_running, "the build's RUN step to start")
+    build.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await build
+
+    async def step_gone() -> bool:
+        return not await step_containers()
+
+    await eventually(step_gone, "the engine to stop and remove the build step's container")
+    assert await runtime.image_info(tag) is None
+
+
 async def test_prune_removes_managed_images_left_dangling_by_a_rebuild(
     runtime: DockerRuntime, images: list[str], run_labels: dict[str, str]
 ) -> None:
@@ -620,8 +731,9 @@ async def test_prune_removes_managed_images_left_dangling_by_a_rebuild(
         images.append(result.image_id)
         return result.image_id
 
-    replaced = await build("one")
-    current = await build("two")
+    # Unique contents: the engine's build cache must not answer from another run's layers.
+    replaced = await build(f"one-{run_labels[RUN_LABEL]}")
+    current = await build(f"two-{run_labels[RUN_LABEL]}")
     replaced_info = await runtime.image_info(replaced)
     assert replaced_info is not None and replaced_info.tags == []
 
@@ -653,7 +765,7 @@ async def test_missing_things_raise_the_ports_errors_without_pulling(
         runtime.start(missing),
         runtime.wait(missing),
         runtime.kill(missing),
-        runtime.put_archive(missing, "/workspace", workspace_tar()),
+        runtime.put_archive(missing, "/", workspace_tar()),
         _drain(runtime.stream_logs(missing, "stdout")),
         _drain(runtime.stats(missing)),
     ):

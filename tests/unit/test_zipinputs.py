@@ -152,7 +152,7 @@ def test_a_nested_archive_round_trips_byte_exact_into_the_workspace_tar() -> Non
         for member in tar:
             body = tar.extractfile(member) if member.isfile() else None
             if body is not None:
-                unpacked[member.name.removeprefix("input/bundle/")] = body.read()
+                unpacked[member.name.removeprefix("workspace/input/bundle/")] = body.read()
     assert unpacked == files
 
 
