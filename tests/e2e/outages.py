@@ -17,10 +17,12 @@ from tests.e2e.harness import free_port
 
 class CuttableProxy:
     """A TCP proxy on 127.0.0.1 in front of a loopback service. `cut()` drops every open
-    connection and refuses new ones (an outage); `restore()` lets traffic through again."""
+    connection and refuses new ones (an outage); `restore()` lets traffic through again.
+    `bytes_down` counts what the service sent its clients."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
+        self.bytes_down = 0
         self.port = free_port()
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.Server | None = None
@@ -36,9 +38,13 @@ class CuttableProxy:
     def _call(self, coro: object) -> None:
         asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout=30)  # type: ignore[arg-type]
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, down: bool = False
+    ) -> None:
         try:
             while chunk := await reader.read(65536):
+                if down:
+                    self.bytes_down += len(chunk)  # only the proxy's own loop thread adds
                 writer.write(chunk)
                 await writer.drain()
         except (ConnectionError, OSError):
@@ -54,7 +60,7 @@ class CuttableProxy:
             client_w.close()
             return
         self._writers |= {client_w, up_w}
-        await asyncio.gather(self._pipe(client_r, up_w), self._pipe(up_r, client_w))
+        await asyncio.gather(self._pipe(client_r, up_w), self._pipe(up_r, client_w, down=True))
         self._writers -= {client_w, up_w}
 
     async def _start(self) -> None:
