@@ -44,11 +44,16 @@ class ObjectStoreError(AdapterError):
     """Any object-store failure not covered by a more precise subclass."""
 
 
-class BucketNotFound(ObjectStoreError):
+class ObjectStoreRefused(ObjectStoreError):
+    """The store answered, and no for good: access denied, an archived object, a request it
+    will never take. Retrying cannot help, unlike an outage or a throttle."""
+
+
+class BucketNotFound(ObjectStoreRefused):
     """The bucket does not exist."""
 
 
-class ObjectNotFound(ObjectStoreError):
+class ObjectNotFound(ObjectStoreRefused):
     """The key does not exist."""
 
 

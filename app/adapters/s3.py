@@ -27,6 +27,7 @@ from app.adapters.ports import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStoreError,
+    ObjectStoreRefused,
     write_chunks,
 )
 
@@ -44,6 +45,18 @@ CHECKSUM_MEMBER = "ChecksumCRC32"
 _BUCKET_MISSING_CODES = frozenset({"NoSuchBucket", "404", "NotFound"})
 _KEY_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"})
+_TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeTooSkewed",  # the clock is fixed by NTP, not by the request
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "OperationAborted",  # a conflicting operation on the bucket is still in progress
+    }
+)
 # What aiobotocore can raise: botocore's families, raw aiohttp errors from a body read half-way,
 # and timeouts (asyncio.TimeoutError is TimeoutError since 3.11).
 _VENDOR_ERRORS = (BotoCoreError, ClientError, aiohttp.ClientError, TimeoutError)
@@ -465,21 +478,33 @@ class S3ObjectStore:
             if code in _KEY_MISSING_CODES and key:
                 return ObjectNotFound(f"could not {action}: no object at that key")
             if code in _DENIED_CODES:
-                return ObjectStoreError(
+                return ObjectStoreRefused(
                     f"could not {action}: access denied; check the credentials and the "
                     f"bucket policy ({message})"
                 )
+            if _is_permanent(exc, code):
+                return ObjectStoreRefused(f"could not {action}: S3 answered {code}: {message}")
             return ObjectStoreError(f"could not {action}: S3 answered {code}: {message}")
         if isinstance(exc, NoCredentialsError | PartialCredentialsError):
-            return ObjectStoreError(
+            return ObjectStoreRefused(
                 f"could not {action}: no usable AWS credentials (checked the environment, "
                 f"the shared config files and the instance role): {exc}"
             )
         if isinstance(exc, ParamValidationError):
             # Caught before anything is sent: a bucket name or key S3 would refuse anyway.
-            return ObjectStoreError(f"could not {action}: {exc}")
+            return ObjectStoreRefused(f"could not {action}: {exc}")
         endpoint = self._endpoint_url or "AWS S3"
         return ObjectStoreError(f"could not {action}: no good answer from {endpoint}: {exc}")
+
+
+def _is_permanent(exc: ClientError, code: str) -> bool:
+    """A 4xx S3 will give again whatever we wait for (an archived object's InvalidObjectState,
+    a bad argument, a key too long ...); throttles and timeouts are worth another try, and so is
+    every 5xx and anything without a status."""
+    if code in _TRANSIENT_CODES:
+        return False
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 429)
 
 
 def _error_code(exc: ClientError) -> str:

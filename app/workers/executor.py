@@ -31,9 +31,9 @@ from app.adapters.ports import (
     ContainerState,
     ImageNotFound,
     ObjectInfo,
-    ObjectNotFound,
     ObjectStore,
     ObjectStoreError,
+    ObjectStoreRefused,
     RuntimeUnavailable,
 )
 from app.db import utcnow
@@ -498,8 +498,8 @@ class RunExecutor:
             try:
                 await self._stage_inputs(run, spool)
                 return
-            except (BucketNotFound, ObjectNotFound):
-                raise
+            except ObjectStoreRefused:
+                raise  # missing, denied, archived ...: final, the run ends with the reason
             except ObjectStoreError as exc:
                 log.warning("run %s: staging failed (%s); retrying in %.0f s", run.id, exc, delay)
                 await asyncio.sleep(delay)
@@ -539,6 +539,8 @@ class RunExecutor:
                 raise RunAborted(
                     RunState.ERROR, f"input bucket {source.bucket!r} does not exist"
                 ) from exc
+            except ObjectStoreRefused as exc:
+                raise RunAborted(RunState.ERROR, f"could not stage the inputs: {exc}") from exc
         writer.close()
 
     def _input_room(self, run: Run) -> int:
@@ -681,6 +683,8 @@ class RunExecutor:
                 raise RunAborted(
                     RunState.ERROR, f"output bucket {where.bucket!r} does not exist"
                 ) from exc
+            except ObjectStoreRefused as exc:
+                raise RunAborted(RunState.ERROR, f"could not store the results: {exc}") from exc
             except (ObjectStoreError, RuntimeUnavailable, ContainerError) as exc:
                 # ContainerError: the engine is busy restarting ("database not open" ...).
                 if time.monotonic() + delay > deadline:

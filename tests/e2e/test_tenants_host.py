@@ -425,3 +425,20 @@ async def test_the_service_refuses_to_start_with_network_on_and_no_job_network(
             }
         )
     assert "ensure-job-network.sh" in str(failure.value)
+
+
+# --------------------------------------------------------------------------- object store
+async def test_an_archived_input_ends_the_run_at_once_instead_of_retrying(
+    client: httpx.AsyncClient, s3_client: Any, bucket: str
+) -> None:
+    # Glacier-class objects answer InvalidObjectState until restored: a refusal, not an outage
+    # (before, staging retried it until the 30-minute preparation deadline).
+    s3_client.put_object(Bucket=bucket, Key="cold/a.txt", Body=b"x", StorageClass="GLACIER")
+    run = await run_to_end(
+        client,
+        make_run(f"s3://{bucket}/o", input=f"s3://{bucket}/cold/", command="cat $INPUT_DIR/a.txt"),
+        deadline_s=60,
+    )
+    assert run["state"] == "error", run
+    assert "InvalidObjectState" in run["status_reason"], run["status_reason"]
+    assert run["started_at"] is None

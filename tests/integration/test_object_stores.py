@@ -29,6 +29,7 @@ from app.adapters.ports import (
     ObjectNotFound,
     ObjectStore,
     ObjectStoreError,
+    ObjectStoreRefused,
 )
 from app.adapters.s3 import S3ObjectStore
 from tests.conftest import S3_REGION
@@ -527,6 +528,22 @@ async def test_put_bytes_keeps_the_content_type_on_s3(
         await store.put_bytes(bucket, "page.html", b"<p>hi</p>", content_type="text/html")
 
     assert s3_client.head_object(Bucket=bucket, Key="page.html")["ContentType"] == "text/html"
+
+
+async def listed_bytes(chunks: AsyncIterator[bytes]) -> bytes:
+    return b"".join([chunk async for chunk in chunks])
+
+
+async def test_an_archived_object_is_refused_for_good_not_as_an_outage(
+    s3_endpoint: str, bucket: str, s3_client: Any
+) -> None:
+    # A Glacier-class object cannot be read until restored: S3 answers InvalidObjectState.
+    s3_client.put_object(Bucket=bucket, Key="cold.bin", Body=b"x", StorageClass="GLACIER")
+    async with S3ObjectStore(endpoint_url=s3_endpoint, region=S3_REGION) as store:
+        with pytest.raises(ObjectStoreRefused, match="InvalidObjectState"):
+            await store.get_bytes(bucket, "cold.bin", max_bytes=10)
+        with pytest.raises(ObjectStoreRefused, match="InvalidObjectState"):
+            await listed_bytes(store.stream_object(bucket, "cold.bin"))
 
 
 async def test_an_unreachable_endpoint_fails_fast_with_an_object_store_error() -> None:
