@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.errors import InvalidRequest, NotFound
+from app.errors import AppError, InvalidRequest, NotFound
 from app.models import ConcurrencyPolicy, Run, RunState, Schedule
 from app.observability import SCHEDULER_LATENESS
 from app.repositories import ScheduleRepository
@@ -219,7 +220,11 @@ class ScheduleService:
     async def _fire(
         self, schedule: Schedule, fire_time: datetime, report: FireReport, queued_here: bool
     ) -> Run | None:
-        """The run for one fire time, or None when the concurrency policy skips it."""
+        """The run for one fire time, or None when its template is refused or the concurrency
+        policy skips it."""
+        run = await self._admit_fire(schedule, fire_time, report)
+        if run is None:
+            return None  # refused: nothing is cancelled for a run that will not exist
         policy = ConcurrencyPolicy(schedule.concurrency_policy)
         if policy != ConcurrencyPolicy.ALLOW:
             unfinished = await self.runs.repo.unfinished_of_schedule(schedule.id)
@@ -236,15 +241,29 @@ class ScheduleService:
                 if RunState(previous.state) in CANCELLABLE:
                     await self.runs.cancel(previous.id)
                     report.to_cancel.append(previous.id)
+        return run
+
+    async def _admit_fire(
+        self, schedule: Schedule, fire_time: datetime, report: FireReport
+    ) -> Run | None:
+        """The fire's run, admitted like POST /v1/runs; a template the operator's limits (or
+        the API's rules) now refuse records a skipped fire with the reason, and the schedule
+        keeps firing: one schedule must never hold up the others' batch."""
         try:
-            return self.runs.build(
-                RunCreate.model_validate(schedule.run_template),
-                owner=schedule.owner,
-                schedule_id=schedule.id,
-                scheduled_for=fire_time,
+            template = RunCreate.model_validate(schedule.run_template)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
+                for error in exc.errors()[:5]
             )
-        except InvalidRequest as exc:
-            # The operator's limits changed since the schedule was made: record, keep firing.
-            await self.repo.record_skip(schedule.id, fire_time, f"run refused: {exc.message}")
+            reason = f"run template no longer valid: {problems}"
+        else:
+            try:
+                return self.runs.build(
+                    template, owner=schedule.owner, schedule_id=schedule.id, scheduled_for=fire_time
+                )
+            except AppError as exc:
+                reason = f"run refused: {exc.message}"
+        if await self.repo.record_skip(schedule.id, fire_time, reason[:2000]):
             report.skipped += 1
-            return None
+        return None

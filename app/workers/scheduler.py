@@ -17,6 +17,7 @@ from app.workers.base import LoopService
 log = logging.getLogger(__name__)
 
 CLAIM_BATCH = 200
+FAILED_TICK_RETRY_SECONDS = 2.0
 
 
 class Scheduler(LoopService):
@@ -45,7 +46,12 @@ class Scheduler(LoopService):
         self._delay = 0.0
 
     async def run_once(self) -> None:
-        await self.tick()
+        try:
+            await self.tick()
+        except Exception:
+            # A failed tick (the database away, a bug) is retried soon, never in a tight loop.
+            self._delay = min(FAILED_TICK_RETRY_SECONDS, self.interval)
+            raise
 
     async def tick(self) -> FireReport:
         """Fires everything due now and plans the next wake-up; returns what it did."""

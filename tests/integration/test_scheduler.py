@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import migrate
 from app.db import create_engine, create_sessionmaker
-from app.models import Run, RunState, ScheduleFire
+from app.models import Run, RunState, Schedule, ScheduleFire
 from app.schemas import RunCreate, ScheduleCreate, ScheduleUpdate
 from app.services.runs import RunLimits
 from app.services.schedules import ScheduleService
@@ -261,3 +262,116 @@ async def test_count_of_rows_is_bounded_after_a_long_outage(
             )
         ).scalar_one()
     assert count == 25
+
+
+async def skipped_fires(db: async_sessionmaker[AsyncSession], schedule_id: str) -> list[str]:
+    async with db() as session:
+        query = select(ScheduleFire.reason).where(ScheduleFire.schedule_id == schedule_id)
+        return [reason or "" for reason in (await session.execute(query)).scalars()]
+
+
+async def test_templates_the_tightened_limits_refuse_record_a_skip_and_the_rest_fire(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    clock = Clock(T0 + timedelta(seconds=30))
+    loose = dataclasses.replace(LIMITS, allow_network=True)
+    async with db() as session, session.begin():
+        service = ScheduleService(session, loose, clock)
+        network = await service.create(
+            schedule_body(
+                name="net", run=RunCreate(command="true", output="s3://bucket/o/", network=True)
+            ),
+            "tester",
+        )
+        bucket = await service.create(
+            schedule_body(name="bucket", run=RunCreate(command="true", output="s3://other/o/")),
+            "tester",
+        )
+        big = await service.create(
+            schedule_body(
+                name="big",
+                run=RunCreate(
+                    command="true", output="s3://bucket/o/", resources={"memory_mb": 1024}
+                ),
+            ),
+            "tester",
+        )
+        replaced = await service.create(
+            schedule_body(
+                name="replaced",
+                concurrency_policy="replace",
+                run=RunCreate(command="true", output="s3://bucket/o/", network=True),
+            ),
+            "tester",
+        )
+        healthy = await service.create(schedule_body(name="healthy"), "tester")
+        previous = await service.trigger(replaced.id)  # unfinished: replace would cancel it
+    # The operator turns network off, lists buckets and lowers the memory maximum.
+    tight = dataclasses.replace(
+        LIMITS, allow_network=False, allowed_buckets=("bucket",), max_memory_mb=512
+    )
+    tick = Scheduler(db, tight, clock=clock, max_catch_up=10, grace_seconds=60, max_idle=300)
+    clock.advance(seconds=31)
+
+    report = await tick.tick()  # before: the Forbidden escaped and rolled the whole batch back
+
+    assert len(report.created) == 1 and report.skipped == 4
+    assert len(await fire_times(db, healthy.id)) == 1
+    [net_reason] = await skipped_fires(db, network.id)
+    assert "network" in net_reason
+    [bucket_reason] = await skipped_fires(db, bucket.id)
+    assert "'other'" in bucket_reason and "allow-list" in bucket_reason
+    [big_reason] = await skipped_fires(db, big.id)
+    assert "memory_mb" in big_reason
+    assert len(await skipped_fires(db, replaced.id)) == 1
+    async with db() as session:
+        # A refused fire cancels nothing: the replace policy needs a new run to replace with.
+        kept = await session.get(Run, previous.id)
+        assert kept is not None and kept.state == RunState.QUEUED and not kept.cancel_requested
+        schedules = {s.id: s for s in (await session.execute(select(Schedule))).scalars()}
+    # Every schedule moved on to its next fire time: nothing spins on the refused ones.
+    assert {s.next_fire_at for s in schedules.values()} == {T0 + timedelta(minutes=2)}
+    assert 58 <= tick.next_delay() <= 60
+
+
+async def test_a_template_that_no_longer_validates_records_a_skip(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    clock = Clock(T0 + timedelta(seconds=30))
+    broken = await create(db, clock, name="broken")
+    healthy = await create(db, clock, name="healthy")
+    async with db() as session, session.begin():
+        schedule = await session.get(Schedule, broken)
+        assert schedule is not None
+        # As if stored before a validation rule existed (or edited by hand).
+        schedule.run_template = {**schedule.run_template, "command": "", "unknown": 1}
+    clock.advance(seconds=31)
+
+    report = await scheduler(db, clock, max_idle=300).tick()
+
+    assert len(report.created) == 1 and report.skipped == 1
+    [reason] = await skipped_fires(db, broken)
+    assert "run template" in reason and "command" in reason
+    assert len(await fire_times(db, healthy)) == 1
+
+
+async def test_a_failing_tick_is_retried_after_a_pause_not_in_a_tight_loop() -> None:
+    clock = Clock(T0)
+    broken = Scheduler(
+        _unreachable_database(),
+        LIMITS,
+        clock=clock,
+        max_catch_up=10,
+        grace_seconds=60,
+        max_idle=300,
+    )
+
+    with pytest.raises(OSError):
+        await broken.run_once()
+
+    assert broken.next_delay() == 2.0
+
+
+def _unreachable_database() -> async_sessionmaker[AsyncSession]:
+    # Port 9 (discard) has no listener on loopback: every connection is refused at once.
+    return create_sessionmaker(create_engine("postgresql+asyncpg://x:y@127.0.0.1:9/none"))
