@@ -7,6 +7,7 @@ network namespace this module creates (with a veth pair and routes to it), never
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import shutil
@@ -63,6 +64,15 @@ async def disk_service(service_factory: Any, postgres_url: str, s3_endpoint: str
             "TASKDEPLOY_MAX_DISK_MB": "256",
         }
     )
+
+
+async def _eventually(check: Any, what: str, deadline_s: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + deadline_s
+    while not await check():
+        if loop.time() > ends:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
 
 
 # --------------------------------------------------------------------------- disk
@@ -442,3 +452,45 @@ async def test_an_archived_input_ends_the_run_at_once_instead_of_retrying(
     assert run["state"] == "error", run
     assert "InvalidObjectState" in run["status_reason"], run["status_reason"]
     assert run["started_at"] is None
+
+
+# --------------------------------------------------------------------------- schedules
+async def test_a_schedule_the_tightened_limits_refuse_records_skips_and_the_others_fire(
+    service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
+) -> None:
+    env = pg_s3_env(pg_database, s3_endpoint)
+    loose = service_factory({**env, "TASKDEPLOY_ALLOW_NETWORK": "true"})
+    every_second = "* * * * * *"
+    async with httpx.AsyncClient(base_url=loose.base_url, timeout=30) as client:
+        created = {}
+        for name, network in (("online", True), ("plain", False)):
+            body = {
+                "name": name,
+                "cron": every_second,
+                "paused": True,
+                "run": make_run(f"s3://{bucket}/o", command="true", network=network),
+            }
+            resp = await client.post("/v1/schedules", json=body)
+            assert resp.status_code == 201, resp.text
+            created[name] = resp.json()["id"]
+    loose.stop()
+    # The operator turns network off; the schedules made under the old limits stay.
+    tight = service_factory(env)
+    async with httpx.AsyncClient(base_url=tight.base_url, timeout=30) as client:
+        for schedule_id in created.values():
+            assert (await client.post(f"/v1/schedules/{schedule_id}/resume")).status_code == 200
+
+        async def fired() -> bool:
+            runs = (await client.get(f"/v1/schedules/{created['plain']}/runs")).json()["items"]
+            fires = (await client.get(f"/v1/schedules/{created['online']}/fires")).json()["items"]
+            return len(runs) >= 2 and len(fires) >= 2
+
+        await _eventually(fired, "the plain schedule to fire and the online one to skip")
+        fires = (await client.get(f"/v1/schedules/{created['online']}/fires")).json()["items"]
+        online_runs = (await client.get(f"/v1/schedules/{created['online']}/runs")).json()
+        ready = (await client.get("/readyz")).json()
+        for schedule_id in created.values():
+            await client.post(f"/v1/schedules/{schedule_id}/pause")
+    assert online_runs["items"] == []
+    assert all("network" in fire["reason"] for fire in fires), fires
+    assert ready["checks"]["worker:scheduler"] == "ok", ready
