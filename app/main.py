@@ -283,6 +283,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             max_images=settings.image_cache_max_count,
             max_bytes=settings.image_cache_max_bytes,
             interval=settings.janitor_interval_seconds,
+            prune_after_seconds=settings.build_timeout_seconds + 60,
         )
         executor = RunExecutor(
             config=ExecutorConfig(

@@ -182,6 +182,10 @@ class DockerRuntime:
             "labels": json.dumps(labels),
             "buildargs": json.dumps(buildargs),
             "pull": "0",  # a missing base must fail, never reach for a registry
+            # No build cache: every environment image is built once per key anyway, and a cached
+            # step is an intermediate image that evicting another image may delete mid-build
+            # (the build then fails with "failed to get digest ...: no such file").
+            "nocache": "1",
             "rm": "1",
             "forcerm": "1",
             **(_build_limit_params(limits) if limits is not None else {}),
@@ -234,9 +238,12 @@ class DockerRuntime:
                 not_found=ImageNotFound,
             )
 
-    async def prune_dangling_images(self) -> int:
-        """Delete untagged images labelled `MANAGED_LABEL`; return how many went."""
+    async def prune_dangling_images(self, older_than_seconds: float) -> int:
+        """Delete untagged images labelled `MANAGED_LABEL` made more than `older_than_seconds`
+        ago; return how many went. A build in progress is a chain of such images: younger
+        ones may still become a tagged image's parents, and deleting them fails that build."""
         filters = {"dangling": ["true"], "label": [MANAGED_LABEL]}
+        cutoff = int(datetime.now(UTC).timestamp() - older_than_seconds)
         # The prune answer lists freed layers as "Deleted" too; count only the images it took.
         candidates = await self._json(
             "list dangling images",
@@ -244,13 +251,17 @@ class DockerRuntime:
             params={"filters": json.dumps(filters)},
             not_found=ImageNotFound,
         )
-        candidate_ids = {_str(_obj(item).get("Id")) for item in _list(candidates)}
+        candidate_ids = {
+            _str(_obj(item).get("Id"))
+            for item in _list(candidates)
+            if (_int(_obj(item).get("Created")) or 0) <= cutoff
+        }
         data = _obj(
             await self._json(
                 "prune dangling images",
                 "images/prune",
                 "POST",
-                params={"filters": json.dumps(filters)},
+                params={"filters": json.dumps({**filters, "until": [str(cutoff)]})},
                 not_found=ImageNotFound,
             )
         )

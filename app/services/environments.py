@@ -192,7 +192,8 @@ class EnvironmentImages:
             )
 
     async def evict(self, *, max_count: int, max_bytes: int) -> list[str]:
-        """Removes least-recently-used environment images beyond the caps, never one in use."""
+        """Removes least-recently-used environment images beyond the caps, never one in use
+        and never one another service (with another database) built on the same engine."""
         images = await self.runtime.list_images(f"{KIND_LABEL}=environment")
         async with self.sessionmaker() as session:
             in_use = await RunRepository(session).env_keys_in_use()
@@ -203,7 +204,9 @@ class EnvironmentImages:
             row = rows.get(key)
             return row.last_used_at.timestamp() if row else 0.0
 
-        keyed = [(img.labels.get(KEY_LABEL, ""), img) for img in images]
+        # Only images this service's database knows: an engine may hold other services' cache
+        # (their own database says when those are in use, not ours).
+        keyed = [(key, img) for img in images if (key := img.labels.get(KEY_LABEL, "")) in rows]
         keyed.sort(key=lambda pair: last_used(pair[0]))
         count, total = len(keyed), sum(img.size for _, img in keyed)
         removed: list[str] = []

@@ -22,15 +22,18 @@ class Janitor(LoopService):
         max_images: int,
         max_bytes: int,
         interval: float,
+        prune_after_seconds: float,
     ) -> None:
         super().__init__(interval)
         self.environments = environments
         self.runtime = runtime
         self.max_images = max_images
         self.max_bytes = max_bytes
+        # Leftovers of failed builds, once no build that may still use them can be running.
+        self.prune_after_seconds = prune_after_seconds
 
     async def run_once(self) -> None:
         await self.environments.evict(max_count=self.max_images, max_bytes=self.max_bytes)
-        pruned = await self.runtime.prune_dangling_images()
+        pruned = await self.runtime.prune_dangling_images(self.prune_after_seconds)
         if pruned:
             log.info("pruned %d dangling image(s)", pruned)

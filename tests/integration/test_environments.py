@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import migrate
 from app.adapters.docker import DockerRuntime
-from app.adapters.ports import BuildResult
+from app.adapters.ports import BuildLimits, BuildResult
 from app.db import create_engine, create_sessionmaker
 from app.repositories import EnvironmentImageRepository
 from app.services.environments import (
@@ -31,10 +31,18 @@ class CountingRuntime(DockerRuntime):
     builds = 0
 
     async def build_image(
-        self, context_tar: BinaryIO, *, tag: str, labels: dict[str, str], buildargs: dict[str, str]
+        self,
+        context_tar: BinaryIO,
+        *,
+        tag: str,
+        labels: dict[str, str],
+        buildargs: dict[str, str],
+        limits: BuildLimits | None = None,
     ) -> BuildResult:
         self.builds += 1
-        return await super().build_image(context_tar, tag=tag, labels=labels, buildargs=buildargs)
+        return await super().build_image(
+            context_tar, tag=tag, labels=labels, buildargs=buildargs, limits=limits
+        )
 
 
 @pytest.fixture
@@ -44,6 +52,12 @@ async def sessionmaker(tmp_path: Path) -> AsyncIterator[async_sessionmaker[Async
     engine = create_engine(url)
     yield create_sessionmaker(engine)
     await engine.dispose()
+
+
+async def sqlite_sessionmaker(path: Path) -> async_sessionmaker[AsyncSession]:
+    url = f"sqlite+aiosqlite:///{path}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    return create_sessionmaker(create_engine(url))
 
 
 @pytest.fixture
@@ -104,3 +118,28 @@ def test_build_context_carries_packages_as_data() -> None:
         packages = tar.extractfile("packages.txt").read().decode()  # type: ignore[union-attr]
     assert "rm -rf" not in dockerfile
     assert packages == "jq\nx\nRUN rm -rf /\n"
+
+
+async def test_eviction_leaves_the_images_of_another_services_database_alone(
+    runtime: CountingRuntime, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
+) -> None:
+    version = f"test-{uuid.uuid4()}"
+    ours = EnvironmentImages(runtime, sessionmaker, template_version=version, build_timeout=120)
+    # Another service on the same engine, with a database of its own and a cache cap of 0.
+    theirs = EnvironmentImages(
+        runtime,
+        await sqlite_sessionmaker(tmp_path / "other.db"),
+        template_version=version,
+        build_timeout=120,
+    )
+    key, base_id = await ours.resolve_key("busybox:latest", [])
+    try:
+        built = await ours.ensure(key, base_id, "busybox:latest", [])
+
+        assert await theirs.evict(max_count=0, max_bytes=0) == []
+        assert await runtime.image_info(built.tag) is not None
+        # Its own database's images are its to evict.
+        assert await ours.evict(max_count=0, max_bytes=0) == [key]
+        assert await runtime.image_info(built.tag) is None
+    finally:
+        subprocess.run(["docker", "rmi", "-f", ours.tag_for(key)], capture_output=True)
