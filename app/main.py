@@ -172,7 +172,7 @@ def run_limits(settings: Settings) -> RunLimits:
         allow_network=settings.allow_network,
         allowed_buckets=tuple(settings.allowed_buckets),
         default_callback_url=settings.webhook_url,
-        webhook_allow_private=settings.webhook_allow_private,
+        webhook_policy=settings.webhook_policy,
         allowed_buckets_by_owner={
             owner: tuple(buckets) for owner, buckets in settings.allowed_buckets_by_owner.items()
         },

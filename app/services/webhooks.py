@@ -7,7 +7,6 @@ import hmac
 import ipaddress
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -15,6 +14,7 @@ from app.db import utcnow
 from app.errors import Forbidden
 from app.models import Run, RunState, WebhookDelivery, new_id
 from app.presenters import present_run
+from app.services.webhook_targets import DestinationPolicy, parse_callback_url
 
 SIGNATURE_HEADER = "X-Taskdeploy-Signature"
 EVENT_ID_HEADER = "X-Taskdeploy-Event-Id"
@@ -26,22 +26,17 @@ def address_is_private(address: str) -> bool:
     return not ip.is_global
 
 
-def check_callback_url(url: str, *, allow_private: bool, field: str = "callback_url") -> None:
-    """Refuses URLs that name a private or loopback address, unless the operator allows them.
-    Host names are checked again, resolved, at every delivery (DNS can change)."""
-    if allow_private:
-        return
-    host = (urlsplit(url).hostname or "").strip("[]")
-    if host == "localhost" or host.endswith(".localhost"):
-        raise Forbidden("callback_url points at this machine", field=field)
+def check_callback_url(url: str, policy: DestinationPolicy, *, field: str = "callback_url") -> None:
+    """Refuses, at submission, URLs naming this machine or a literal address the policy
+    refuses. Host names are resolved and checked again at every delivery (DNS can change)."""
     try:
-        private = address_is_private(host)
-    except ValueError:
-        return  # a name: resolved and checked when delivering
-    if private:
+        parsed = parse_callback_url(url)
+    except ValueError as exc:  # the schema has refused it already; kept for other callers
+        raise Forbidden(f"callback_url {exc}", field=field) from None
+    if reason := policy.submission_refusal(parsed):
         raise Forbidden(
-            "callback_url points at a private or loopback address; the operator has not "
-            "allowed that (TASKDEPLOY_WEBHOOK_ALLOW_PRIVATE)",
+            f"callback_url {reason}; the operator has not allowed that "
+            "(TASKDEPLOY_WEBHOOK_ALLOWED_CIDRS, TASKDEPLOY_WEBHOOK_ALLOW_PRIVATE)",
             field=field,
         )
 
