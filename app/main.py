@@ -28,7 +28,7 @@ from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.observability import measure_loop_lag
 from app.repositories import ApiKeyRepository
-from app.routers import health, legacy, runs, schedules, ui
+from app.routers import health, legacy, runs, schedules, ui, webhooks
 from app.services.auth import is_loopback
 from app.services.environments import EnvironmentImages
 from app.services.results import RunResults
@@ -270,9 +270,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         notifier = Notifier(
             sessionmaker,
             secret=webhook_secret(settings),
+            operator_url=settings.webhook_url,
             total_seconds=settings.webhook_total_seconds,
             timeout_seconds=settings.webhook_timeout_seconds,
-            allow_private=settings.webhook_allow_private,
+            policy=settings.webhook_policy,
             max_idle=5.0,  # other replicas' events; this one's wake the notifier directly
         )
         scheduler = Scheduler(
@@ -351,6 +352,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(schedules.router)
+    app.include_router(webhooks.router)
     app.include_router(legacy.router)
     app.include_router(ui.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")

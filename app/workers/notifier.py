@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import random
 import socket
@@ -16,14 +17,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.db import utcnow
 from app.models import WebhookAttempt, WebhookDelivery
 from app.observability import WEBHOOK_DELIVERIES
-from app.repositories import WebhookRepository
+from app.services.webhook_targets import DestinationPolicy
 from app.services.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
-    address_is_private,
+    SigningSecrets,
     event_body,
-    signature,
+    signature_header,
 )
+from app.webhook_repository import WebhookRepository
 from app.workers.base import LoopService
 
 log = logging.getLogger(__name__)
@@ -44,17 +46,19 @@ class Notifier(LoopService):
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         secret: str,
+        operator_url: str | None,
         total_seconds: float,
         timeout_seconds: float,
-        allow_private: bool,
+        policy: DestinationPolicy,
         max_idle: float = 30.0,
     ) -> None:
         super().__init__(max_idle)
         self.sessionmaker = sessionmaker
         self.secret = secret
+        self.operator_url = operator_url
         self.total = timedelta(seconds=total_seconds)
         self.timeout = timeout_seconds
-        self.allow_private = allow_private
+        self.policy = policy
         self._client: httpx.AsyncClient | None = None
         self._delay = 0.0
 
@@ -66,7 +70,11 @@ class Notifier(LoopService):
             )
         async with self.sessionmaker() as session, session.begin():
             deliveries = await WebhookRepository(session).due(utcnow(), BATCH)
-            results = await asyncio.gather(*(self._attempt(d) for d in deliveries))
+            owners = {d.owner for d in deliveries if d.owner and d.url != self.operator_url}
+            keys = await SigningSecrets(session).signing_keys(owners)
+            results = await asyncio.gather(
+                *(self._attempt(d, self._keys(d, keys)) for d in deliveries)
+            )
             repo = WebhookRepository(session)
             for delivery, attempt in zip(deliveries, results, strict=True):
                 repo.add_attempt(attempt)
@@ -80,7 +88,14 @@ class Notifier(LoopService):
     def next_delay(self) -> float:
         return min(max(self._delay, 0.05), self.interval)
 
-    async def _attempt(self, delivery: WebhookDelivery) -> WebhookAttempt:
+    def _keys(self, delivery: WebhookDelivery, keys: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+        """The owner's keys for the run's own callback_url; the operator's for the operator's
+        URL (and for rows older than the owner column whose run is gone)."""
+        if not delivery.owner or delivery.url == self.operator_url:
+            return (self.secret,)
+        return keys[delivery.owner]
+
+    async def _attempt(self, delivery: WebhookDelivery, keys: tuple[str, ...]) -> WebhookAttempt:
         assert self._client is not None
         body = event_body(delivery)
         started = time.monotonic()
@@ -93,7 +108,7 @@ class Notifier(LoopService):
                 content=body,
                 headers={
                     "Content-Type": "application/json",
-                    SIGNATURE_HEADER: signature(self.secret, int(time.time()), body),
+                    SIGNATURE_HEADER: signature_header(keys, int(time.time()), body),
                     EVENT_ID_HEADER: delivery.id,
                     "User-Agent": "taskdeploy-webhooks",
                 },
@@ -112,13 +127,12 @@ class Notifier(LoopService):
     async def _check_destination(self, url: str) -> None:
         """Resolves the host now, so a name that points at a private address is refused
         even when it changed after the run was submitted."""
-        if self.allow_private:
-            return
         host = urlsplit(url).hostname or ""
         port = urlsplit(url).port or 443
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if any(address_is_private(str(info[4][0])) for info in infos):
-            raise ValueError(f"{host} resolves to a private or loopback address")
+        for info in infos:
+            if reason := self.policy.refusal(ipaddress.ip_address(info[4][0])):
+                raise ValueError(f"{host} resolves to {reason}")
 
     def _settle(self, delivery: WebhookDelivery, attempt: WebhookAttempt) -> None:
         delivery.attempts += 1

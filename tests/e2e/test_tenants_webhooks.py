@@ -1,20 +1,190 @@
-"""Webhooks between hostile tenants, on the real service (PostgreSQL, S3, Docker): bad callback
-URLs refused at submission and at start-up."""
+"""Webhooks between hostile tenants, on the real service (PostgreSQL, S3, Docker) with real HTTP
+receivers on 127.0.0.2: bad callback URLs refused at submission, per-owner signing secrets and
+their rotation.
+
+Receivers listen on 127.0.0.2 and the services allow exactly TASKDEPLOY_WEBHOOK_ALLOWED_CIDRS=
+127.0.0.2/32: the rest of 127.0.0.0/8 stays refused."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import json
 import os
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.harness import (
+    Service,
     cli,
+    create_database,
+    free_port,
     make_run,
+    new_key,
+    pg_s3_env,
 )
 
 RECEIVER_HOST = "127.0.0.2"
 ALLOWED = {"TASKDEPLOY_WEBHOOK_ALLOWED_CIDRS": f"{RECEIVER_HOST}/32"}
+OPERATOR_SECRET = "operator-webhook-secret"
+
+
+# --------------------------------------------------------------------------- verification
+def verify(secret: str, header: str, body: bytes, tolerance: int = 300) -> bool:
+    """The README's verification, as a receiver would write it: any v1 may match."""
+    timestamp, signatures = None, []
+    for part in header.split(","):
+        key, _, value = part.partition("=")
+        if key == "t":
+            timestamp = value
+        elif key == "v1":
+            signatures.append(value)
+    if not timestamp or not timestamp.isdigit() or abs(time.time() - int(timestamp)) > tolerance:
+        return False  # missing, or too old: a replay
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return any(hmac.compare_digest(mac.hexdigest(), signature) for signature in signatures)
+
+
+# --------------------------------------------------------------------------- receivers
+class Receiver:
+    """An HTTP server on 127.0.0.2 whose answer depends on the path's first segment:
+    /ok answers 200; /hang reads the request and never answers (until the client hangs up);
+    /endless answers 200 with a body that never ends; /block waits for `release`, then 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.hanging = 0  # hang requests whose connection is still open
+        self.hung_up = 0  # hang requests the client gave up on
+        self.endless_bytes = 0
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.closing = threading.Event()
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                with receiver.lock:
+                    receiver.requests.append((self.path, dict(self.headers.items()), body))
+                mode = self.path.split("/")[1]
+                if mode == "hang":
+                    receiver._hang(self.connection)
+                    return
+                if mode == "block":
+                    receiver.arrived.set()
+                    receiver.release.wait(120)
+                if mode == "endless":
+                    receiver._endless(self)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer((RECEIVER_HOST, free_port()), Handler)
+        self.server.daemon_threads = True
+        self.base = f"http://{RECEIVER_HOST}:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _hang(self, connection: socket.socket) -> None:
+        with self.lock:
+            self.hanging += 1
+        connection.settimeout(0.05)
+        try:
+            while not self.closing.is_set():
+                try:
+                    if connection.recv(1) == b"":
+                        break  # the client hung up
+                except TimeoutError:
+                    continue
+                except OSError:
+                    break
+        finally:
+            with self.lock:
+                self.hanging -= 1
+                self.hung_up += not self.closing.is_set()
+
+    def _endless(self, handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+        deadline = time.monotonic() + 120
+        try:
+            while not self.closing.is_set() and time.monotonic() < deadline:
+                handler.wfile.write(chunk)
+                self.endless_bytes += 65536
+        except OSError:
+            pass  # the client hung up: the point
+
+    def event_ids(self, path_prefix: str = "/") -> Counter[str]:
+        with self.lock:
+            return Counter(
+                headers["X-Taskdeploy-Event-Id"]
+                for path, headers, _ in self.requests
+                if path.startswith(path_prefix)
+            )
+
+    def close(self) -> None:
+        self.closing.set()
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    hook = Receiver()
+    yield hook
+    hook.close()
+
+
+def as_(service: Service, token: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=service.base_url, headers=headers, timeout=30)
+
+
+async def deliveries_of(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
+    resp = await client.get(f"/v1/runs/{run_id}/deliveries")
+    assert resp.status_code == 200, resp.text
+    return resp.json()["items"]  # type: ignore[no-any-return]
+
+
+async def until(predicate: Any, what: str, deadline_s: float = 60) -> Any:
+    """Polls an async predicate until it returns something truthy."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        if value := await predicate():
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"never happened within {deadline_s} s: {what}")
+
+
+async def submit(client: httpx.AsyncClient, bucket: str, callback_url: str | None) -> str:
+    body = make_run(f"s3://{bucket}/o", **({"callback_url": callback_url} if callback_url else {}))
+    resp = await client.post("/v1/runs", json=body)
+    assert resp.status_code == 202, resp.text
+    return str(resp.json()["id"])
+
+
+def pg_dsn(database_url: str) -> str:
+    return database_url.replace("postgresql+asyncpg://", "postgresql://")
 
 
 # --------------------------------------------------------------------------- submission
@@ -67,3 +237,113 @@ def test_the_operator_webhook_url_is_checked_at_start_up(tmp_path: Path) -> None
         variable = next(iter(settings))
         assert f"taskdeploy: {variable}" in done.stderr and expected in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- signing secrets
+@pytest.fixture(scope="module")
+def operator_receiver() -> Iterator[Receiver]:
+    hook = Receiver()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+async def signing(
+    service_factory: Any,
+    postgres_url: str,
+    s3_endpoint: str,
+    created_databases: list[str],
+    operator_receiver: Receiver,
+) -> AsyncIterator[tuple[Service, str, str]]:
+    """A service whose operator URL is a receiver, and keys of two owners."""
+    database = await create_database(postgres_url)
+    created_databases.append(database)
+    env = {
+        **pg_s3_env(database, s3_endpoint),
+        **ALLOWED,
+        "TASKDEPLOY_WEBHOOK_URL": f"{operator_receiver.base}/ok/operator",
+        "TASKDEPLOY_WEBHOOK_SECRET": OPERATOR_SECRET,
+    }
+    service = service_factory(env)
+    yield service, new_key(service, "alice"), new_key(service, "bob")
+
+
+async def signed_event(
+    client: httpx.AsyncClient, receiver: Receiver, bucket: str, path: str | None
+) -> tuple[str, bytes]:
+    """Runs a command whose events go to `path` (None: the operator's URL); its header, body."""
+    run_id = await submit(client, bucket, f"{receiver.base}{path}" if path else None)
+
+    async def arrived() -> tuple[str, bytes] | None:
+        for _, headers, body in list(receiver.requests):
+            if json.loads(body)["data"]["id"] == run_id:
+                return headers["X-Taskdeploy-Signature"], body
+        return None
+
+    return await until(arrived, f"the event of run {run_id}")  # type: ignore[no-any-return]
+
+
+async def test_each_owner_signs_with_their_own_secret(
+    signing: tuple[Service, str, str], receiver: Receiver, operator_receiver: Receiver, bucket: str
+) -> None:
+    service, alice, bob = signing
+    async with as_(service, alice) as a, as_(service, bob) as b:
+        alice_secret = (await a.get("/v1/webhooks/secret")).json()
+        bob_secret = (await b.get("/v1/webhooks/secret")).json()
+        assert alice_secret["owner"] == "alice" and bob_secret["owner"] == "bob"
+        assert (await a.get("/v1/webhooks/secret")).json()["secret"] == alice_secret["secret"]
+        keys = {alice_secret["secret"], bob_secret["secret"], OPERATOR_SECRET}
+        assert len(keys) == 3
+
+        header, body = await signed_event(a, receiver, bucket, "/ok/alice")
+        assert header.count("v1=") == 1
+        assert verify(alice_secret["secret"], header, body)
+        assert not verify(bob_secret["secret"], header, body)  # bob cannot forge alice's
+        assert not verify(OPERATOR_SECRET, header, body)
+        header, body = await signed_event(b, receiver, bucket, "/ok/bob")
+        assert verify(bob_secret["secret"], header, body)
+        assert not verify(alice_secret["secret"], header, body)
+        # No callback_url of her own: the event goes to the operator's URL, signed with the
+        # operator's secret.
+        header, body = await signed_event(a, operator_receiver, bucket, None)
+        assert verify(OPERATOR_SECRET, header, body)
+        assert not verify(alice_secret["secret"], header, body)
+
+
+async def test_after_a_rotation_both_secrets_sign_for_the_grace_period(
+    signing: tuple[Service, str, str], receiver: Receiver, bucket: str
+) -> None:
+    service, alice, _ = signing
+    async with as_(service, alice) as a:
+        old = (await a.get("/v1/webhooks/secret")).json()["secret"]
+        rotated = (await a.post("/v1/webhooks/secret/rotate")).json()
+        new = rotated["secret"]
+        assert new != old
+        grace = datetime.fromisoformat(rotated["previous_expires_at"]) - datetime.fromisoformat(
+            rotated["rotated_at"]
+        )
+        assert grace.total_seconds() == 24 * 3600  # the default grace period
+        assert (await a.get("/v1/webhooks/secret")).json()["secret"] == new
+
+        header, body = await signed_event(a, receiver, bucket, "/ok/rotated")
+        assert header.count("v1=") == 2
+        assert verify(new, header, body) and verify(old, header, body)
+
+        # A short grace period: once it is over, only the newest secret signs.
+        short = (await a.post("/v1/webhooks/secret/rotate", json={"grace_seconds": 2})).json()
+        newest = short["secret"]
+        header, body = await signed_event(a, receiver, bucket, "/ok/short-grace")
+        assert verify(newest, header, body) and verify(new, header, body)
+        expires = datetime.fromisoformat(short["previous_expires_at"]).timestamp()
+
+        async def grace_over() -> bool:
+            return time.time() > expires + 0.5
+
+        await until(grace_over, "the short grace period is over")
+        header, body = await signed_event(a, receiver, bucket, "/ok/after-grace")
+        assert header.count("v1=") == 1
+        assert verify(newest, header, body) and not verify(new, header, body)
+        assert not verify(old, header, body)
+
+        bad = await a.post("/v1/webhooks/secret/rotate", json={"grace_seconds": -1})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "grace_seconds"
