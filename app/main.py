@@ -22,6 +22,7 @@ from app.adapters.docker import DockerRuntime
 from app.adapters.localfs import LocalObjectStore
 from app.adapters.ports import AdapterError, ContainerRuntime, ObjectStore
 from app.adapters.s3 import S3ObjectStore
+from app.adapters.webhook_http import HttpWebhookSender
 from app.bodylimit import BodyLimitMiddleware
 from app.config import Settings
 from app.db import create_engine, create_sessionmaker
@@ -38,7 +39,7 @@ from app.workers.base import LoopService
 from app.workers.dispatcher import Dispatcher, LeaseKeeper
 from app.workers.executor import ExecutorConfig, RunExecutor
 from app.workers.janitor import Janitor
-from app.workers.notifier import Notifier
+from app.workers.notifier import Notifier, NotifierConfig
 from app.workers.reconciler import Reconciler
 from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
@@ -269,11 +270,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         notifier = Notifier(
             sessionmaker,
-            secret=webhook_secret(settings),
-            operator_url=settings.webhook_url,
-            total_seconds=settings.webhook_total_seconds,
-            timeout_seconds=settings.webhook_timeout_seconds,
-            policy=settings.webhook_policy,
+            HttpWebhookSender(max_response_bytes=settings.webhook_max_response_bytes),
+            NotifierConfig(
+                policy=settings.webhook_policy,
+                operator_url=settings.webhook_url,
+                operator_secret=webhook_secret(settings),
+                total_seconds=settings.webhook_total_seconds,
+                timeout_seconds=settings.webhook_timeout_seconds,
+                max_in_flight=settings.webhook_max_in_flight,
+                max_in_flight_per_owner=settings.webhook_max_in_flight_per_owner,
+            ),
             max_idle=5.0,  # other replicas' events; this one's wake the notifier directly
         )
         scheduler = Scheduler(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.models import WebhookAttempt, WebhookDelivery, WebhookSigningSecret
@@ -16,22 +17,72 @@ class WebhookRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def due(self, now: datetime, limit: int) -> list[WebhookDelivery]:
-        """Pending deliveries whose next attempt is due, skipping ones another replica holds."""
+    async def claim_candidates(
+        self, now: datetime, *, limit: int, per_owner: int, skip_owners: Collection[str]
+    ) -> list[WebhookDelivery]:
+        """Due pending deliveries, at most `per_owner` of each owner, taken in turns (every
+        owner's oldest first, then every owner's second...), none of `skip_owners` (owner
+        null counts as ""). Locked until commit; rows another replica holds are skipped."""
+        owner_key = func.coalesce(WebhookDelivery.owner, "")
+        due = and_(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
+        turn = (
+            func.row_number()
+            .over(
+                partition_by=owner_key,
+                order_by=(WebhookDelivery.next_attempt_at, WebhookDelivery.id),
+            )
+            .label("turn")
+        )
+        ranked_query = select(WebhookDelivery.id, turn).where(due)
+        if skip_owners:
+            ranked_query = ranked_query.where(owner_key.not_in(list(skip_owners)))
+        ranked = ranked_query.subquery()
         query = (
             select(WebhookDelivery)
-            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at)
+            .join(ranked, ranked.c.id == WebhookDelivery.id)
+            # Repeated outside the ranking: PostgreSQL re-checks these on rows that another
+            # replica claimed after this statement's snapshot was taken.
+            .where(due, ranked.c.turn <= per_owner)
+            .order_by(ranked.c.turn, WebhookDelivery.next_attempt_at, WebhookDelivery.id)
             .limit(limit)
         )
         if self.session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
+            query = query.with_for_update(skip_locked=True, of=WebhookDelivery)
         return list((await self.session.execute(query)).scalars())
 
-    async def earliest_pending(self) -> datetime | None:
+    async def lease(self, delivery_ids: Sequence[str], until: datetime) -> None:
+        """Moves the claimed rows' next attempt past `until`: no replica takes them meanwhile."""
+        if delivery_ids:
+            await self.session.execute(
+                update(WebhookDelivery)
+                .where(WebhookDelivery.id.in_(list(delivery_ids)))
+                .values(next_attempt_at=until)
+                .execution_options(synchronize_session=False)
+            )
+
+    async def settle(
+        self, delivery_id: str, leased_until: datetime, values: dict[str, Any]
+    ) -> bool:
+        """Records an attempt's effect, only while the claim still holds (the row is pending
+        with the lease this replica set); False when the lease was lost to another replica."""
+        result = await self.session.execute(
+            update(WebhookDelivery)
+            .where(
+                WebhookDelivery.id == delivery_id,
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at == leased_until,
+            )
+            .values(attempts=WebhookDelivery.attempts + 1, **values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(getattr(result, "rowcount", 0) == 1)
+
+    async def earliest_pending(self, skip_owners: Collection[str] = ()) -> datetime | None:
         query = select(func.min(WebhookDelivery.next_attempt_at)).where(
             WebhookDelivery.status == "pending"
         )
+        if skip_owners:
+            query = query.where(func.coalesce(WebhookDelivery.owner, "").not_in(list(skip_owners)))
         value = (await self.session.execute(query)).scalar_one_or_none()
         if value is not None and value.tzinfo is None:  # SQLite's MIN() bypasses the column type
             value = value.replace(tzinfo=UTC)

@@ -1,6 +1,7 @@
 """Webhooks between hostile tenants, on the real service (PostgreSQL, S3, Docker) with real HTTP
-receivers on 127.0.0.2: bad callback URLs refused at submission, per-owner signing secrets and
-their rotation.
+receivers on 127.0.0.2: bad callback URLs refused at submission, one owner's hanging, endless
+and broken receivers leaving another owner's events alone, no lock or transaction held while a
+request is on the wire, per-owner signing secrets and their rotation.
 
 Receivers listen on 127.0.0.2 and the services allow exactly TASKDEPLOY_WEBHOOK_ALLOWED_CIDRS=
 127.0.0.2/32: the rest of 127.0.0.0/8 stays refused."""
@@ -15,6 +16,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime
@@ -22,10 +24,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
 from tests.e2e.harness import (
+    TERMINAL,
     Service,
     cli,
     create_database,
@@ -33,6 +37,7 @@ from tests.e2e.harness import (
     make_run,
     new_key,
     pg_s3_env,
+    wait_for_state,
 )
 
 RECEIVER_HOST = "127.0.0.2"
@@ -237,6 +242,178 @@ def test_the_operator_webhook_url_is_checked_at_start_up(tmp_path: Path) -> None
         variable = next(iter(settings))
         assert f"taskdeploy: {variable}" in done.stderr and expected in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------------------------- isolation
+@pytest.fixture
+async def shared_notifier(service_factory: Any, pg_database: str, s3_endpoint: str) -> Service:
+    """Six attempts at once, three of one owner's: the shares this test leans on. The time
+    limit leaves room for another owner's three runs to finish while the hung attempts are
+    still on the wire (about 5 s of the 20 s on a busy two-core machine)."""
+    env = {
+        **pg_s3_env(pg_database, s3_endpoint),
+        **ALLOWED,
+        "TASKDEPLOY_WEBHOOK_TIMEOUT_SECONDS": "20",
+        "TASKDEPLOY_WEBHOOK_MAX_IN_FLIGHT": "6",
+        "TASKDEPLOY_WEBHOOK_MAX_IN_FLIGHT_PER_OWNER": "3",
+    }
+    return service_factory(env)  # type: ignore[no-any-return]
+
+
+async def insert_delivery(database_url: str, owner: str, run_id: str, url: str) -> str:
+    """An outbox row made without the API: what rows written before this check look like."""
+    event_id = str(uuid.uuid4())
+    payload = json.dumps({"id": event_id, "type": "run.succeeded", "data": {"id": run_id}})
+    conn = await asyncpg.connect(pg_dsn(database_url))
+    try:
+        await conn.execute(
+            "INSERT INTO webhook_deliveries (id, run_id, owner, url, event_type, payload, status,"
+            " attempts, next_attempt_at, created_at) VALUES ($1, $2, $3, $4, 'run.succeeded',"
+            " $5, 'pending', 0, now(), now())",
+            event_id,
+            run_id,
+            owner,
+            url,
+            payload,
+        )
+    finally:
+        await conn.close()
+    return event_id
+
+
+async def delivery_row(database_url: str, event_id: str) -> dict[str, Any]:
+    conn = await asyncpg.connect(pg_dsn(database_url))
+    try:
+        row = await conn.fetchrow("SELECT * FROM webhook_deliveries WHERE id = $1", event_id)
+        attempts = await conn.fetch(
+            "SELECT status_code, error FROM webhook_attempts WHERE delivery_id = $1 ORDER BY id",
+            event_id,
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return {**dict(row), "attempts": [dict(a) for a in attempts]}
+
+
+async def test_one_owners_hostile_receivers_leave_another_owners_events_alone(
+    shared_notifier: Service, pg_database: str, receiver: Receiver, bucket: str
+) -> None:
+    service = shared_notifier
+    mallory, alice = new_key(service, "mallory"), new_key(service, "alice")
+    async with as_(service, mallory) as m, as_(service, alice) as a:
+        # Mallory's broken receivers: a URL that makes an HTTP client raise (a row from before
+        # submission checked URLs), one loopback address outside the allow-list, one endless
+        # body, and four receivers that never answer (one more than Mallory's share).
+        first = await submit(m, bucket, f"{receiver.base}/endless")
+        old_run = str(uuid.uuid4())
+        broken = await insert_delivery(pg_database, "mallory", old_run, f"{receiver.base}/\tx")
+        loopback = await insert_delivery(
+            pg_database, "mallory", old_run, f"http://127.0.0.1:{receiver.server.server_port}/ok"
+        )
+        hanging = [await submit(m, bucket, f"{receiver.base}/hang/{n}") for n in range(4)]
+        for run_id in [first, *hanging]:
+            await wait_for_state(m, run_id, TERMINAL)
+
+        async def three_hanging() -> bool:
+            return receiver.hanging == 3
+
+        await until(three_hanging, "three of mallory's attempts on the wire")
+
+        # Alice's events go through while Mallory's three attempts hang.
+        alice_runs = [await submit(a, bucket, f"{receiver.base}/ok/{n}") for n in range(3)]
+
+        async def alice_delivered() -> list[dict[str, Any]]:
+            found = [d for run_id in alice_runs for d in await deliveries_of(a, run_id)]
+            done = len(found) == 3 and all(d["status"] == "delivered" for d in found)
+            return found if done else []
+
+        delivered = await until(alice_delivered, "alice's events delivered")
+        still_hanging = receiver.hanging
+        hang_attempts = [
+            attempt
+            for run_id in hanging
+            for d in await deliveries_of(m, run_id)
+            for attempt in d["attempts"]
+        ]
+        assert still_hanging == 3 and hang_attempts == [], (still_hanging, hang_attempts)
+        assert all([x["status_code"] for x in d["attempts"]] == [200] for d in delivered)
+
+        # Mallory's own deliveries: each failure recorded against itself.
+        async def hangs_timed_out() -> list[dict[str, Any]]:
+            found = [d for run_id in hanging for d in await deliveries_of(m, run_id)]
+            return found if sum(bool(d["attempts"]) for d in found) >= 3 else []
+
+        for delivery in await until(hangs_timed_out, "mallory's hanging attempts timed out", 60):
+            for attempt in delivery["attempts"]:
+                assert attempt["status_code"] is None
+                assert attempt["error"] == "TimeoutError: no complete answer within 20 s"
+            assert delivery["status"] == "pending"  # retried later, with backoff
+
+        async def hung_up() -> bool:
+            return receiver.hung_up >= 3
+
+        await until(hung_up, "the service hanging up on mallory's receivers")
+        (endless,) = await deliveries_of(m, first)
+        assert endless["status"] == "delivered" and endless["attempts"][0]["error"] is None
+        assert receiver.endless_bytes > 65536  # it kept sending; the service stopped reading
+        broken_row = await delivery_row(pg_database, broken)
+        assert broken_row["status"] == "failed" and "U+0009" in broken_row["last_error"]
+        assert len(broken_row["attempts"]) == 1
+        loopback_row = await delivery_row(pg_database, loopback)
+        assert loopback_row["status"] == "failed"
+        assert "127.0.0.1 is a loopback address" in loopback_row["last_error"]
+
+        # Alice got each event exactly once, even after many of Mallory's ticks.
+        alice_events = receiver.event_ids("/ok/")
+        assert sorted(alice_events) == sorted(d["id"] for d in delivered)
+        assert set(alice_events.values()) == {1}
+
+
+# --------------------------------------------------------------------------- no lock held
+async def test_no_lock_or_transaction_is_held_while_a_request_is_on_the_wire(
+    service_factory: Any, pg_database: str, s3_endpoint: str, receiver: Receiver, bucket: str
+) -> None:
+    service = service_factory({**pg_s3_env(pg_database, s3_endpoint), **ALLOWED})
+    async with as_(service, None) as client:
+        run_id = await submit(client, bucket, f"{receiver.base}/block")
+        await wait_for_state(client, run_id, TERMINAL)
+        assert await asyncio.to_thread(receiver.arrived.wait, 60)
+        conn = await asyncpg.connect(pg_dsn(pg_database))
+        try:
+            on_the_wire_since: datetime = await conn.fetchval("SELECT now()")
+            (event_id,) = receiver.event_ids()
+            async with conn.transaction():
+                row = await conn.fetchrow(
+                    "SELECT next_attempt_at > now() AS leased FROM webhook_deliveries"
+                    " WHERE id = $1 FOR UPDATE NOWAIT",
+                    event_id,
+                )
+            assert row is not None and row["leased"]  # claimed by a lease, not by a lock
+            # Sampled for a second while the receiver still holds the request: no session of
+            # the service sits in a transaction that began before the request went out.
+            deadline = time.monotonic() + 1.0
+            samples = 0
+            while time.monotonic() < deadline:
+                open_transactions = await conn.fetch(
+                    "SELECT pid, state, query FROM pg_stat_activity WHERE datname = $1"
+                    " AND pid <> pg_backend_pid() AND state LIKE 'idle in transaction%'"
+                    " AND xact_start < $2",
+                    pg_database.rpartition("/")[2],
+                    on_the_wire_since,
+                )
+                assert open_transactions == [], open_transactions
+                samples += 1
+                await asyncio.sleep(0.05)
+            assert samples >= 5 and not receiver.release.is_set()
+        finally:
+            await conn.close()
+        receiver.release.set()
+
+        async def delivered() -> bool:
+            (delivery,) = await deliveries_of(client, run_id)
+            return bool(delivery["status"] == "delivered")
+
+        await until(delivered, "the held delivery recorded once released")
 
 
 # --------------------------------------------------------------------------- signing secrets

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -12,6 +13,13 @@ from app.services.webhook_targets import (
     DestinationPolicy,
     address_refusal,
     parse_callback_url,
+)
+from app.services.webhooks import (
+    AttemptOutcome,
+    ClaimedDelivery,
+    printable,
+    settle,
+    signature_header,
 )
 
 
@@ -177,3 +185,45 @@ def test_what_submission_refuses(url: str, refused: str | None) -> None:
     policy = DestinationPolicy.of(allow_private=False, allowed_cidrs=["127.0.0.2/32"])
     reason = policy.submission_refusal(parse_callback_url(url))
     assert (reason is None) if refused is None else (reason is not None and refused in reason)
+
+
+def test_signature_header_has_one_v1_per_key() -> None:
+    one = signature_header(["k1"], 1700000000, b"{}")
+    two = signature_header(["k2", "k1"], 1700000000, b"{}")
+    assert one.startswith("t=1700000000,v1=") and one.count("v1=") == 1
+    assert two.count("v1=") == 2 and two.endswith(one.split(",")[1])
+
+
+def test_error_text_keeps_no_control_characters() -> None:
+    assert printable("bad\turl\n\x1b[31m") == "bad\\x09url\\x0a\\x1b[31m"
+    assert len(printable("x" * 10_000)) == 500
+
+
+def _claim(attempts: int = 0, age: timedelta = timedelta()) -> ClaimedDelivery:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    return ClaimedDelivery("e", "alice", "http://x/", b"{}", ("k",), attempts, now - age, now)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        (AttemptOutcome(status_code=204), "delivered"),
+        (AttemptOutcome(status_code=503), "retry"),
+        (AttemptOutcome(status_code=429), "retry"),
+        (AttemptOutcome(status_code=408), "retry"),
+        (AttemptOutcome(status_code=410, permanent=True), "failed"),
+        (AttemptOutcome(error="TimeoutError: ..."), "retry"),
+        (AttemptOutcome(error="refused: 10.0.0.1 is a private address", permanent=True), "failed"),
+    ],
+)
+def test_what_an_attempt_does_to_its_delivery(outcome: AttemptOutcome, expected: str) -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert settle(_claim(), outcome, now, timedelta(hours=1)).outcome == expected
+
+
+def test_retries_stop_when_the_total_time_is_spent() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    late = _claim(attempts=5, age=timedelta(minutes=59, seconds=59))
+    assert settle(late, AttemptOutcome(status_code=503), now, timedelta(hours=1)).outcome == (
+        "failed"
+    )
