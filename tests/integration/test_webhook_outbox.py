@@ -48,20 +48,27 @@ class HeldSender:
         pass
 
 
-async def _new_pg_database(postgres_url: str) -> str:
-    name = f"hooks_{uuid.uuid4().hex[:12]}"
+async def _admin(postgres_url: str, statement: str) -> None:
     conn = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(statement)
     finally:
         await conn.close()
-    return f"{postgres_url.rpartition('/')[0]}/{name}"
+
+
+@pytest.fixture
+async def pg_url(postgres_url: str) -> AsyncIterator[str]:
+    """A database of this test's own on the suite's PostgreSQL, dropped afterwards."""
+    name = f"hooks_{uuid.uuid4().hex[:12]}"
+    await _admin(postgres_url, f'CREATE DATABASE "{name}"')
+    yield f"{postgres_url.rpartition('/')[0]}/{name}"
+    await _admin(postgres_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-async def database_url(request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgresql":
-        return await _new_pg_database(postgres_url)
+        return str(request.getfixturevalue("pg_url"))
     return f"sqlite+aiosqlite:///{tmp_path / 'hooks.db'}"
 
 
@@ -237,8 +244,8 @@ async def test_each_owner_signs_with_their_own_keys(db: async_sessionmaker[Async
     assert json.loads(by_event[alice_event]["body"])["id"] == alice_event
 
 
-async def test_two_notifiers_never_take_the_same_event(postgres_url: str) -> None:
-    url = await _new_pg_database(postgres_url)
+async def test_two_notifiers_never_take_the_same_event(pg_url: str) -> None:
+    url = pg_url
     await asyncio.to_thread(migrate.upgrade, url)
     engines = [create_engine(url), create_engine(url)]
     try:
