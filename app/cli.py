@@ -117,9 +117,19 @@ ImageOption = Annotated[
 
 
 def _server_settings(**overrides: Any) -> Settings:
+    from pydantic import ValidationError
+
     from app.config import Settings
 
-    settings = Settings(**{name: value for name, value in overrides.items() if value is not None})
+    try:
+        settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:  # a refusal to start, said plainly, without a traceback
+        for error in exc.errors():
+            name = f"TASKDEPLOY_{str(error['loc'][0]).upper()}: " if error["loc"] else ""
+            print(
+                f"taskdeploy: {name}{error['msg'].removeprefix('Value error, ')}", file=sys.stderr
+            )
+        raise typer.Exit(2) from None
     from app.observability import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.services.webhook_targets import DestinationPolicy, parse_callback_url
+
 MiB = 1024 * 1024
 
 
@@ -40,10 +42,16 @@ class Settings(BaseSettings):
 
     # --- webhooks
     webhook_url: str | None = None  # every run's events also go here unless it names its own
-    webhook_secret: str = ""  # HMAC key for X-Taskdeploy-Signature; default: a per-data-dir one
-    webhook_allow_private: bool = False
+    webhook_secret: str = ""  # signs events to webhook_url; default: a per-data-dir one
+    webhook_allow_private: bool = False  # any address, loopback and private ones included
+    webhook_allowed_cidrs: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_total_seconds: float = Field(default=3600, gt=0)
-    webhook_timeout_seconds: float = Field(default=10, gt=0)
+    # One attempt in all: lookup, connect, TLS, sending and reading the answer.
+    webhook_timeout_seconds: float = Field(default=10, gt=0, le=300)
+    webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0, le=16 * MiB)
+    webhook_max_in_flight: int = Field(default=32, ge=1, le=1000)
+    webhook_max_in_flight_per_owner: int = Field(default=4, ge=1, le=1000)
+    webhook_secret_grace_seconds: int = Field(default=24 * 3600, ge=0, le=7 * 24 * 3600)
 
     # --- storage
     database_url: str = ""  # empty: SQLite under data_dir
@@ -118,7 +126,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one object per line, with run_id/schedule_id)
 
-    @field_validator("allowed_images", "allowed_buckets", mode="before")
+    @field_validator("allowed_images", "allowed_buckets", "webhook_allowed_cidrs", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -137,7 +145,33 @@ class Settings(BaseSettings):
             raise ValueError(
                 "TASKDEPLOY_DEFAULT_TIMEOUT_SECONDS exceeds TASKDEPLOY_MAX_TIMEOUT_SECONDS"
             )
+        self._check_webhooks()
         return self
+
+    def _check_webhooks(self) -> None:
+        """The operator's URL passes the tenants' rules, and names no address the notifier
+        would refuse: better a refusal at start-up than every event failing later."""
+        try:
+            policy = self.webhook_policy
+        except ValueError as exc:
+            raise ValueError(f"TASKDEPLOY_WEBHOOK_ALLOWED_CIDRS: {exc}") from None
+        if self.webhook_url is None:
+            return
+        try:
+            url = parse_callback_url(self.webhook_url)
+        except ValueError as exc:
+            raise ValueError(f"TASKDEPLOY_WEBHOOK_URL {exc}") from None
+        if reason := policy.submission_refusal(url):
+            raise ValueError(
+                f"TASKDEPLOY_WEBHOOK_URL {reason}: add its network to "
+                "TASKDEPLOY_WEBHOOK_ALLOWED_CIDRS (or set TASKDEPLOY_WEBHOOK_ALLOW_PRIVATE=true)"
+            )
+
+    @property
+    def webhook_policy(self) -> DestinationPolicy:
+        return DestinationPolicy.of(
+            allow_private=self.webhook_allow_private, allowed_cidrs=self.webhook_allowed_cidrs
+        )
 
     @property
     def image_allow_list(self) -> list[str]:

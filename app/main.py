@@ -30,13 +30,14 @@ from app.adapters.ports import (
     RuntimeUnavailable,
 )
 from app.adapters.s3 import S3ObjectStore
+from app.adapters.webhook_http import HttpWebhookSender
 from app.bodylimit import BodyLimitMiddleware
 from app.config import MiB, Settings
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.observability import measure_loop_lag
 from app.repositories import ApiKeyRepository
-from app.routers import health, legacy, runs, schedules, ui
+from app.routers import health, legacy, runs, schedules, ui, webhooks
 from app.services.auth import is_loopback
 from app.services.environments import EnvironmentImages
 from app.services.results import RunResults
@@ -46,7 +47,7 @@ from app.workers.base import LoopService
 from app.workers.dispatcher import Dispatcher, LeaseKeeper
 from app.workers.executor import ExecutorConfig, RunExecutor
 from app.workers.janitor import Janitor
-from app.workers.notifier import Notifier
+from app.workers.notifier import Notifier, NotifierConfig
 from app.workers.reconciler import Reconciler
 from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
@@ -225,7 +226,7 @@ def run_limits(settings: Settings) -> RunLimits:
         allow_network=settings.allow_network,
         allowed_buckets=tuple(settings.allowed_buckets),
         default_callback_url=settings.webhook_url,
-        webhook_allow_private=settings.webhook_allow_private,
+        webhook_policy=settings.webhook_policy,
         allowed_buckets_by_owner={
             owner: tuple(buckets) for owner, buckets in settings.allowed_buckets_by_owner.items()
         },
@@ -333,10 +334,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         )
         notifier = Notifier(
             sessionmaker,
-            secret=webhook_secret(settings),
-            total_seconds=settings.webhook_total_seconds,
-            timeout_seconds=settings.webhook_timeout_seconds,
-            allow_private=settings.webhook_allow_private,
+            HttpWebhookSender(max_response_bytes=settings.webhook_max_response_bytes),
+            NotifierConfig(
+                policy=settings.webhook_policy,
+                operator_url=settings.webhook_url,
+                operator_secret=webhook_secret(settings),
+                total_seconds=settings.webhook_total_seconds,
+                timeout_seconds=settings.webhook_timeout_seconds,
+                max_in_flight=settings.webhook_max_in_flight,
+                max_in_flight_per_owner=settings.webhook_max_in_flight_per_owner,
+            ),
             max_idle=5.0,  # other replicas' events; this one's wake the notifier directly
         )
         scheduler = Scheduler(
@@ -415,6 +422,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(schedules.router)
+    app.include_router(webhooks.router)
     app.include_router(legacy.router)
     app.include_router(ui.router)
     app.mount("/ui/static", StaticFiles(directory=ui.STATIC_DIR), name="ui-static")

@@ -218,6 +218,9 @@ class WebhookDelivery(Base):
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)  # event id
     run_id: Mapped[str] = mapped_column(String(36), index=True)
+    # The run's owner: whose secret signs the event (unless it goes to the operator's URL) and
+    # whose share of the notifier it uses. Null for rows older than the column without a run.
+    owner: Mapped[str | None] = mapped_column(String(100))
     url: Mapped[str] = mapped_column(Text)
     event_type: Mapped[str] = mapped_column(String(32))
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -240,3 +243,18 @@ class WebhookAttempt(Base):
     status_code: Mapped[int | None] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookSigningSecret(Base):
+    """One owner's HMAC key for webhook signatures, and the key it replaced, which keeps
+    signing beside it until `previous_expires_at` (a rotation's grace period). Plain text
+    until secrets are encrypted at rest."""
+
+    __tablename__ = "webhook_signing_secrets"
+
+    owner: Mapped[str] = mapped_column(String(100), primary_key=True)
+    secret: Mapped[str] = mapped_column(String(200))
+    previous_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    rotated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -1,4 +1,4 @@
-"""All SQL lives here: reading and writing runs, their events and the image-cache index."""
+"""All SQL lives here (and webhooks' in app.webhook_repository): runs, schedules, images, keys."""
 
 from __future__ import annotations
 
@@ -23,8 +23,6 @@ from app.models import (
     RunState,
     Schedule,
     ScheduleFire,
-    WebhookAttempt,
-    WebhookDelivery,
 )
 
 
@@ -417,55 +415,3 @@ class ApiKeyRepository:
             .execution_options(synchronize_session=False)
         )
         return bool(getattr(result, "rowcount", 0) == 1)
-
-
-class WebhookRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def due(self, now: datetime, limit: int) -> list[WebhookDelivery]:
-        """Pending deliveries whose next attempt is due, skipping ones another replica holds."""
-        query = (
-            select(WebhookDelivery)
-            .where(WebhookDelivery.status == "pending", WebhookDelivery.next_attempt_at <= now)
-            .order_by(WebhookDelivery.next_attempt_at)
-            .limit(limit)
-        )
-        if self.session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        return list((await self.session.execute(query)).scalars())
-
-    async def earliest_pending(self) -> datetime | None:
-        query = select(func.min(WebhookDelivery.next_attempt_at)).where(
-            WebhookDelivery.status == "pending"
-        )
-        value = (await self.session.execute(query)).scalar_one_or_none()
-        if value is not None and value.tzinfo is None:  # SQLite's MIN() bypasses the column type
-            value = value.replace(tzinfo=UTC)
-        return value
-
-    def add_attempt(self, attempt: WebhookAttempt) -> None:
-        self.session.add(attempt)
-
-    async def of_run(self, run_id: str) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
-        deliveries = list(
-            (
-                await self.session.execute(
-                    select(WebhookDelivery)
-                    .where(WebhookDelivery.run_id == run_id)
-                    .order_by(WebhookDelivery.created_at)
-                )
-            ).scalars()
-        )
-        if not deliveries:
-            return []
-        attempts = list(
-            (
-                await self.session.execute(
-                    select(WebhookAttempt)
-                    .where(WebhookAttempt.delivery_id.in_([d.id for d in deliveries]))
-                    .order_by(WebhookAttempt.id)
-                )
-            ).scalars()
-        )
-        return [(d, [a for a in attempts if a.delivery_id == d.id]) for d in deliveries]

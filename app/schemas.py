@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -19,6 +18,7 @@ from pydantic import (
 
 from app.models import RunState
 from app.services.s3uri import parse_s3_uri
+from app.services.webhook_targets import MAX_CALLBACK_URL_LENGTH, parse_callback_url
 
 PACKAGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9+.-]*(=[A-Za-z0-9.+:~-]+)?$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -113,8 +113,9 @@ class RunCreate(StrictModel):
     )
     callback_url: str | None = Field(
         default=None,
-        max_length=2048,
-        description="http(s) URL that gets a signed POST on every terminal state",
+        max_length=MAX_CALLBACK_URL_LENGTH,
+        description="http(s) URL that gets a POST signed with the owner's webhook secret on "
+        "every terminal state",
     )
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=150)
     retry: RetryPolicy | None = None
@@ -131,13 +132,11 @@ class RunCreate(StrictModel):
     @field_validator("callback_url")
     @classmethod
     def _callback_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parsed = urlsplit(value)
-        if parsed.scheme not in {"http", "https"} or not parsed.hostname:
-            raise ValueError("callback_url must be an http:// or https:// URL with a host")
-        if parsed.username or parsed.password:
-            raise ValueError("callback_url must not carry credentials")
+        if value is not None:
+            try:
+                parse_callback_url(value)  # the sender's own parser, plus what it must refuse
+            except ValueError as exc:
+                raise ValueError(f"callback_url {exc}") from None
         return value
 
     @field_validator("env")
@@ -365,3 +364,29 @@ class WebhookDeliveryOut(BaseModel):
     delivered_at: datetime | None
     last_error: str | None
     attempts: list[WebhookAttemptOut]
+
+
+class WebhookSecretOut(BaseModel):
+    """The caller's webhook signing secret: events to their runs' callback_url are signed
+    with it (`X-Taskdeploy-Signature`)."""
+
+    owner: str
+    secret: str
+    created_at: datetime
+    rotated_at: datetime | None
+    previous_expires_at: datetime | None = Field(
+        description="until then, events carry a second v1 signature made with the previous "
+        "secret; null or past: only the current secret signs"
+    )
+
+
+class WebhookSecretRotate(StrictModel):
+    """Make a new secret; the previous one keeps signing beside it for `grace_seconds`."""
+
+    grace_seconds: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        le=7 * 86400,
+        description="how long the previous secret keeps signing (0: stop at once); default "
+        "TASKDEPLOY_WEBHOOK_SECRET_GRACE_SECONDS",
+    )

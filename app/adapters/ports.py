@@ -1,4 +1,4 @@
-"""The ports the services and workers depend on: a container runtime and an object store."""
+"""The ports services and workers depend on: container runtime, object store, webhook sender."""
 
 from __future__ import annotations
 
@@ -244,3 +244,22 @@ async def write_chunks(chunks: AsyncIterator[bytes], fileobj: BinaryIO) -> int:
         await asyncio.to_thread(fileobj.write, chunk)
         written += len(chunk)
     return written
+
+
+# --------------------------------------------------------------------------- webhooks
+class WebhookSendError(AdapterError):
+    """A webhook POST got no status line: lookup, connection, TLS or protocol failure."""
+
+
+class WebhookSender(Protocol):
+    """How the notifier reaches a receiver: look its host up once, then POST to one address."""
+
+    async def resolve(self, host: str, port: int) -> list[str]: ...
+
+    async def post(self, url: str, address: str, headers: dict[str, str], body: bytes) -> int:
+        """POSTs `body` to `url` over a connection to `address`, never looking the URL's host
+        up again (the Host header and the TLS server name and certificate check still use it);
+        reads at most the sender's cap of the answer, then closes; returns the status."""
+        ...
+
+    async def close(self) -> None: ...

@@ -13,7 +13,7 @@ from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, S
 from app.errors import ERROR_RESPONSES
 from app.models import RunState
 from app.presenters import present_run
-from app.repositories import RunRepository, WebhookRepository
+from app.repositories import RunRepository
 from app.schemas import (
     Page,
     RunCreate,
@@ -23,6 +23,7 @@ from app.schemas import (
     WebhookAttemptOut,
     WebhookDeliveryOut,
 )
+from app.webhook_repository import WebhookRepository
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
 

@@ -19,6 +19,7 @@ from app.observability import PHASE_DURATION, RUN_DURATION, RUNS_FINISHED
 from app.repositories import RunRepository
 from app.schemas import RunCreate
 from app.services.s3uri import S3Location, parse_s3_uri
+from app.services.webhook_targets import DestinationPolicy
 from app.services.webhooks import check_callback_url, enqueue_run_event
 
 S = RunState
@@ -54,7 +55,7 @@ class RunLimits:
     allow_network: bool
     allowed_buckets: tuple[str, ...] = ()  # empty: any bucket
     default_callback_url: str | None = None
-    webhook_allow_private: bool = False
+    webhook_policy: DestinationPolicy = field(default_factory=DestinationPolicy)
     allowed_buckets_by_owner: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def buckets_for(self, owner: str) -> tuple[str, ...]:
@@ -204,7 +205,7 @@ class RunService:
             )
         callback_url = body.callback_url or lim.default_callback_url
         if body.callback_url:
-            check_callback_url(body.callback_url, allow_private=lim.webhook_allow_private)
+            check_callback_url(body.callback_url, lim.webhook_policy)
         if body.network and not lim.allow_network:
             raise Forbidden("network access for runs is disabled by the operator", field="network")
         return {

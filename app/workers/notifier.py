@@ -1,155 +1,220 @@
-"""Delivers webhook events from the outbox: signed POSTs, retried with backoff and jitter."""
+"""Delivers webhook events from the outbox: claim, commit, send (bounded, concurrent), record."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import random
-import socket
 import time
+from collections import Counter
+from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.adapters.ports import WebhookSender
 from app.db import utcnow
 from app.models import WebhookAttempt, WebhookDelivery
 from app.observability import WEBHOOK_DELIVERIES
-from app.repositories import WebhookRepository
+from app.services.webhook_targets import DestinationPolicy
 from app.services.webhooks import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
-    address_is_private,
+    AttemptOutcome,
+    ClaimedDelivery,
+    SigningSecrets,
+    attempt_delivery,
     event_body,
-    signature,
+    settle,
+    signature_header,
 )
+from app.webhook_repository import WebhookRepository
 from app.workers.base import LoopService
 
 log = logging.getLogger(__name__)
 
-BATCH = 20
-RETRYABLE_4XX = {408, 429}
+# A claim outlives its attempt's time limit by this much: time to write the result down.
+LEASE_MARGIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class NotifierConfig:
+    policy: DestinationPolicy
+    operator_url: str | None
+    operator_secret: str
+    total_seconds: float
+    timeout_seconds: float
+    max_in_flight: int
+    max_in_flight_per_owner: int
 
 
 class Notifier(LoopService):
-    """At-least-once delivery: a delivery stays `pending` until a 2xx, a final 4xx, or its
-    total time runs out; every attempt is recorded. A restart loses nothing: the outbox is
-    in the database."""
+    """At-least-once delivery: a delivery stays `pending` until a 2xx, a final answer, or its
+    total time runs out; every attempt is recorded against its own delivery only.
+
+    No transaction is open while a request is on the wire: a tick claims due rows in one short
+    transaction (FOR UPDATE SKIP LOCKED on PostgreSQL) and leases them by moving their next
+    attempt past the attempt's time limit, commits, then sends each in a task of its own; each
+    task records its result in a new short transaction. A crash between sending and recording
+    sends that event again once the lease ends (receivers de-duplicate on the event id).
+    At most `max_in_flight` attempts run at once, `max_in_flight_per_owner` of one owner's, so
+    one owner's slow receivers cannot take another owner's turn."""
 
     name = "notifier"
 
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
+        sender: WebhookSender,
+        config: NotifierConfig,
         *,
-        secret: str,
-        total_seconds: float,
-        timeout_seconds: float,
-        allow_private: bool,
         max_idle: float = 30.0,
     ) -> None:
         super().__init__(max_idle)
         self.sessionmaker = sessionmaker
-        self.secret = secret
-        self.total = timedelta(seconds=total_seconds)
-        self.timeout = timeout_seconds
-        self.allow_private = allow_private
-        self._client: httpx.AsyncClient | None = None
+        self.sender = sender
+        self.config = config
+        self.total = timedelta(seconds=config.total_seconds)
+        self._in_flight: dict[asyncio.Task[None], str] = {}  # task -> owner ("" for none)
         self._delay = 0.0
 
+    # --------------------------------------------------------------------------- the loop
     async def run_once(self) -> None:
-        if self._client is None:
-            # No proxies from the environment, no redirects: the URL is the one that was checked.
-            self._client = httpx.AsyncClient(
-                timeout=self.timeout, follow_redirects=False, trust_env=False
-            )
-        async with self.sessionmaker() as session, session.begin():
-            deliveries = await WebhookRepository(session).due(utcnow(), BATCH)
-            results = await asyncio.gather(*(self._attempt(d) for d in deliveries))
-            repo = WebhookRepository(session)
-            for delivery, attempt in zip(deliveries, results, strict=True):
-                repo.add_attempt(attempt)
-                self._settle(delivery, attempt)
+        cfg = self.config
+        busy = Counter(self._in_flight.values())
+        free = cfg.max_in_flight - len(self._in_flight)
+        claims: list[ClaimedDelivery] = []
+        if free > 0:
+            claims = await self._claim(free, busy)
+            for claim in claims:
+                busy[claim.owner or ""] += 1
+                task = asyncio.create_task(self._deliver(claim), name=f"webhook-{claim.id}")
+                self._in_flight[task] = claim.owner or ""
+                task.add_done_callback(self._forget)
+        if claims and len(claims) == free:
+            self._delay = 0.0  # there may be more: take them as soon as a slot frees
+            return
+        full = {owner for owner, count in busy.items() if count >= cfg.max_in_flight_per_owner}
         async with self.sessionmaker() as session:
-            earliest = await WebhookRepository(session).earliest_pending()
-        self._delay = self.interval if earliest is None else (earliest - utcnow()).total_seconds()
-        if len(deliveries) == BATCH:
-            self._delay = 0.0
+            earliest = await WebhookRepository(session).earliest_pending(full)
+        if len(self._in_flight) >= cfg.max_in_flight or earliest is None:
+            self._delay = self.interval  # a finishing attempt wakes the loop
+        else:
+            self._delay = (earliest - utcnow()).total_seconds()
 
     def next_delay(self) -> float:
         return min(max(self._delay, 0.05), self.interval)
 
-    async def _attempt(self, delivery: WebhookDelivery) -> WebhookAttempt:
-        assert self._client is not None
-        body = event_body(delivery)
-        started = time.monotonic()
-        status: int | None = None
-        error: str | None = None
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.pop(task, None)
+        self.wake()  # a slot is free
+
+    async def _claim(self, free: int, busy: Counter[str]) -> list[ClaimedDelivery]:
+        """Takes up to `free` due deliveries, in turns across owners, none beyond an owner's
+        share; leases them and reads the keys that sign them, in one short transaction."""
+        cfg = self.config
+        per_owner = cfg.max_in_flight_per_owner
+        full = {owner for owner, count in busy.items() if count >= per_owner}
+        lease = timedelta(seconds=cfg.timeout_seconds + LEASE_MARGIN_SECONDS)
+        async with self.sessionmaker() as session, session.begin():
+            repo = WebhookRepository(session)
+            now = utcnow()
+            rows = await repo.claim_candidates(
+                now,
+                # Owners partly busy may bring candidates beyond their share: room for them.
+                limit=free + sum(count for owner, count in busy.items() if owner not in full),
+                per_owner=per_owner,
+                skip_owners=full,
+            )
+            taken: list[WebhookDelivery] = []
+            shares = Counter(busy)
+            for row in rows:
+                if len(taken) < free and shares[row.owner or ""] < per_owner:
+                    shares[row.owner or ""] += 1
+                    taken.append(row)
+            leased_until = now + lease
+            await repo.lease([row.id for row in taken], leased_until)
+            owners = {row.owner for row in taken if row.owner and not self._to_operator(row)}
+            keys = await SigningSecrets(session).signing_keys(owners)
+            return [
+                ClaimedDelivery(
+                    id=row.id,
+                    owner=row.owner,
+                    url=row.url,
+                    body=event_body(row),
+                    keys=(
+                        (cfg.operator_secret,)
+                        if not row.owner or self._to_operator(row)
+                        else keys[row.owner]
+                    ),
+                    attempts=row.attempts,
+                    created_at=row.created_at,
+                    leased_until=leased_until,
+                )
+                for row in taken
+            ]
+
+    def _to_operator(self, row: WebhookDelivery) -> bool:
+        """Events to the operator's own URL keep the operator's secret."""
+        return self.config.operator_url is not None and row.url == self.config.operator_url
+
+    # --------------------------------------------------------------------------- one delivery
+    async def _deliver(self, claim: ClaimedDelivery) -> None:
         try:
-            await self._check_destination(delivery.url)
-            response = await self._client.post(
-                delivery.url,
-                content=body,
-                headers={
-                    "Content-Type": "application/json",
-                    SIGNATURE_HEADER: signature(self.secret, int(time.time()), body),
-                    EVENT_ID_HEADER: delivery.id,
-                    "User-Agent": "taskdeploy-webhooks",
-                },
+            headers = {
+                "Content-Type": "application/json",
+                SIGNATURE_HEADER: signature_header(claim.keys, int(time.time()), claim.body),
+                EVENT_ID_HEADER: claim.id,
+            }
+            started = time.monotonic()
+            outcome = await attempt_delivery(
+                self.sender,
+                self.config.policy,
+                claim.url,
+                headers,
+                claim.body,
+                time_limit=self.config.timeout_seconds,
             )
-            status = response.status_code
-        except (httpx.HTTPError, OSError, ValueError) as exc:
-            error = f"{type(exc).__name__}: {exc}"[:500]
-        return WebhookAttempt(
-            delivery_id=delivery.id,
-            at=utcnow(),
-            status_code=status,
-            latency_ms=(time.monotonic() - started) * 1000,
-            error=error,
-        )
+            await self._record(claim, outcome, (time.monotonic() - started) * 1000)
+        except Exception:
+            # Left leased: the event is sent again when the lease ends (at least once).
+            log.exception("webhook %s: its attempt could not be recorded", claim.id)
 
-    async def _check_destination(self, url: str) -> None:
-        """Resolves the host now, so a name that points at a private address is refused
-        even when it changed after the run was submitted."""
-        if self.allow_private:
-            return
-        host = urlsplit(url).hostname or ""
-        port = urlsplit(url).port or 443
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if any(address_is_private(str(info[4][0])) for info in infos):
-            raise ValueError(f"{host} resolves to a private or loopback address")
-
-    def _settle(self, delivery: WebhookDelivery, attempt: WebhookAttempt) -> None:
-        delivery.attempts += 1
-        status = attempt.status_code
-        if status is not None and 200 <= status < 300:
-            delivery.status, delivery.delivered_at, delivery.last_error = (
-                "delivered",
-                attempt.at,
-                None,
+    async def _record(
+        self, claim: ClaimedDelivery, outcome: AttemptOutcome, latency_ms: float
+    ) -> None:
+        async with self.sessionmaker() as session, session.begin():
+            repo = WebhookRepository(session)
+            now = utcnow()
+            repo.add_attempt(
+                WebhookAttempt(
+                    delivery_id=claim.id,
+                    at=now,
+                    status_code=outcome.status_code,
+                    latency_ms=latency_ms,
+                    error=outcome.error,
+                )
             )
-            return
-        delivery.last_error = attempt.error or f"HTTP {status}"
-        final = status is not None and 400 <= status < 500 and status not in RETRYABLE_4XX
-        retry_at = attempt.at + _backoff(delivery.attempts)
-        if final or retry_at > delivery.created_at + self.total:
-            WEBHOOK_DELIVERIES.labels("failed").inc()
-            delivery.status = "failed"
+            result = settle(claim, outcome, now, self.total)
+            if not await repo.settle(claim.id, claim.leased_until, result.values):
+                log.warning("webhook %s: its lease ran out before the result was written", claim.id)
+                return
+        WEBHOOK_DELIVERIES.labels(result.outcome).inc()
+        if result.outcome == "failed":
             log.warning(
-                "webhook %s to %s failed: %s", delivery.id, delivery.url, delivery.last_error
+                "webhook %s to %r failed: %s", claim.id, claim.url, result.values["last_error"]
             )
-            return
-        WEBHOOK_DELIVERIES.labels("retry").inc()
-        delivery.next_attempt_at = retry_at
 
+    # --------------------------------------------------------------------------- shutdown
     async def stop(self, timeout: float = 5.0) -> None:
+        """Stops claiming, lets attempts on the wire finish for `timeout`, then cancels the
+        rest: their rows stay leased and are sent again after the lease (at least once)."""
         await super().stop(timeout)
-        if self._client is not None:
-            await self._client.aclose()
-
-
-def _backoff(attempts: int) -> timedelta:
-    """Exponential (1 s, 2 s, 4 s, ... capped at 5 min) with full jitter on half of it."""
-    base = min(2.0 ** (attempts - 1), 300.0)
-    return timedelta(seconds=base / 2 + random.uniform(0, base / 2))
+        if self._in_flight:
+            _, pending = await asyncio.wait(list(self._in_flight), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        await self.sender.close()
