@@ -29,7 +29,7 @@ from app.errors import install_error_handlers
 from app.observability import measure_loop_lag
 from app.repositories import ApiKeyRepository
 from app.routers import health, legacy, runs, schedules, ui
-from app.services.auth import is_loopback
+from app.services.auth import is_loopback, keys_required
 from app.services.environments import EnvironmentImages
 from app.services.results import RunResults
 from app.services.runs import RunLimits
@@ -44,7 +44,6 @@ from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
 
 log = logging.getLogger("taskdeploy")
-KEY_CHECK_SECONDS = 5.0
 
 
 class UnsafeStartup(RuntimeError):
@@ -91,19 +90,24 @@ class AppContext:
     notifier: Notifier
     loops: list[LoopService] = field(default_factory=list)
 
-    _keys_exist: bool = False
-    _keys_checked_at: float = -1e9
+    # A key is never deleted, so once one was seen the answer stays yes: only a service
+    # that has never seen a key reads the table, on each anonymous request, so a key the CLI
+    # made a moment ago closes it for the very next request (no cache that can be stale).
+    _keys_seen: bool = False
+
+    async def keys_created(self, session: AsyncSession) -> bool:
+        if not self._keys_seen:
+            self._keys_seen = await ApiKeyRepository(session).any_created()
+        return self._keys_seen
 
     async def auth_required(self, session: AsyncSession) -> bool:
-        """`required`: always. `disabled`: never (loopback only). `auto`: once any key exists
-        (re-checked every few seconds, as keys are made by the CLI in another process)."""
-        mode = self.settings.auth
-        if mode != "auto":
-            return mode == "required"
-        if time.monotonic() - self._keys_checked_at > KEY_CHECK_SECONDS:
-            self._keys_exist = await ApiKeyRepository(session).active_count() > 0
-            self._keys_checked_at = time.monotonic()
-        return self._keys_exist
+        """Whether a request without a key is refused (see `keys_required`)."""
+        settings = self.settings
+        if keys_required(settings.auth, settings.host, keys_ever_created=self._keys_seen):
+            return True
+        return keys_required(
+            settings.auth, settings.host, keys_ever_created=await self.keys_created(session)
+        )
 
     def wake_dispatcher(self) -> None:
         self.dispatcher.wake()
