@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from app import migrate
 from app.adapters.docker import DockerRuntime
 from app.adapters.localfs import LocalObjectStore
-from app.adapters.ports import AdapterError, ContainerRuntime, ObjectStore
+from app.adapters.ports import ContainerRuntime, ObjectStore
 from app.adapters.s3 import S3ObjectStore
 from app.bodylimit import BodyLimitMiddleware
 from app.config import Settings
@@ -94,6 +94,7 @@ class AppContext:
     # that has never seen a key reads the table, on each anonymous request, so a key the CLI
     # made a moment ago closes it for the very next request (no cache that can be stale).
     _keys_seen: bool = False
+    _readiness: dict[str, str] = field(default_factory=dict)  # each check's last result
 
     async def keys_created(self, session: AsyncSession) -> bool:
         if not self._keys_seen:
@@ -125,23 +126,16 @@ class AppContext:
         self.notifier.wake()  # a queued run is cancelled at once: its event is in the outbox
 
     async def readiness(self) -> dict[str, str]:
-        checks: dict[str, str] = {}
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"error: {type(exc).__name__}"
-        try:
-            await asyncio.wait_for(self.runtime.ping(), 5)
-            checks["docker"] = "ok"
-        except (AdapterError, TimeoutError) as exc:
-            checks["docker"] = f"error: {exc}"
-        try:
-            await asyncio.wait_for(self.store.bucket_exists("taskdeploy-readiness-probe"), 10)
-            checks["object_store"] = "ok"
-        except (AdapterError, TimeoutError) as exc:
-            checks["object_store"] = f"error: {exc}"
+        """Each check's result: "ok", "stale" (a worker loop), or "error" with at most a fixed
+        reason code. What went wrong goes to the service log, never into the answer, which
+        anyone who can reach the port may read."""
+        checks = {
+            "database": await self._probe("database", self._ping_database(), 5),
+            "docker": await self._probe("docker", self.runtime.ping(), 5),
+            "object_store": await self._probe(
+                "object_store", self.store.bucket_exists("taskdeploy-readiness-probe"), 10
+            ),
+        }
         now = time.monotonic()
         for loop in self.loops:
             if not loop.started:
@@ -149,6 +143,28 @@ class AppContext:
             stale = loop.last_tick is None or now - loop.last_tick > max(60.0, 3 * loop.interval)
             checks[f"worker:{loop.name}"] = "ok" if not stale or loop is self.watcher else "stale"
         return checks
+
+    async def _ping_database(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def _probe(self, name: str, probe: Awaitable[object], seconds: float) -> str:
+        try:
+            await asyncio.wait_for(probe, seconds)
+        except TimeoutError:
+            result, detail = "error: timeout", f"no answer in {seconds:g} s"
+        except Exception as exc:  # any failure is an "error"; its text is for the log only
+            result, detail = "error", f"{type(exc).__name__}: {exc}"
+        else:
+            result, detail = "ok", ""
+        # Probes come every few seconds: log a check when its result changes, not each time.
+        if self._readiness.get(name) != result:
+            if result == "ok":
+                log.info("readiness check %s: ok", name)
+            else:
+                log.warning("readiness check %s failed: %s", name, detail)
+        self._readiness[name] = result
+        return result
 
 
 def webhook_secret(settings: Settings) -> str:

@@ -119,3 +119,32 @@ async def test_loopback_auto_closes_at_the_first_key_and_stays_closed_after_revo
     # Nobody can mint the local user's identity as a key.
     reserved = cli(service.env, "keys", "create", "--owner", "local")
     assert reserved.returncode == 2 and "reserved" in reserved.stderr
+
+
+# ------------------------------------------------------------------ 4. readiness
+READINESS_VALUES = {"ok", "stale", "error", "error: timeout", "error: not_configured"}
+
+
+async def test_readyz_names_failing_checks_without_their_exception_text(
+    service_factory: Any, pg_database: str, tmp_path: Any
+) -> None:
+    missing_socket = tmp_path / "no-docker-here.sock"
+    service = service_factory(
+        {
+            **pg_s3_env(pg_database, "http://127.0.0.1:9"),  # nothing listens on port 9
+            "TASKDEPLOY_DOCKER_URL": f"unix://{missing_socket}",
+        }
+    )
+    async with as_(service) as client:
+        answer = await client.get("/readyz")
+    assert answer.status_code == 503
+    checks = answer.json()["checks"]
+    assert checks["database"] == "ok"
+    assert checks["docker"] == "error"
+    assert checks["object_store"] in {"error", "error: timeout"}
+    assert set(checks.values()) <= READINESS_VALUES, checks
+    for leak in ("no-docker-here", "127.0.0.1:9", "Error", "Exception", "Traceback"):
+        assert leak not in answer.text, answer.text
+    # The operator still learns what failed, from the service's log.
+    logged = service.logs()
+    assert "readiness check docker failed" in logged and "no-docker-here.sock" in logged
