@@ -35,8 +35,10 @@ class Settings(BaseSettings):
 
     # --- access
     auth: str = "auto"  # auto: keys required once any exists | required | disabled (loopback only)
-    allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
-    allowed_buckets_by_owner: dict[str, list[str]] = Field(default_factory=dict)  # JSON
+    # "*": any bucket. Empty: any bucket for the local user (no key) only; refused at start-up
+    # once keys exist. Per owner (JSON) an owner gets exactly its list, [] meaning none.
+    allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_buckets_by_owner: dict[str, list[str]] = Field(default_factory=dict)
 
     # --- webhooks
     webhook_url: str | None = None  # every run's events also go here unless it names its own

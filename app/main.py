@@ -50,25 +50,44 @@ class UnsafeStartup(RuntimeError):
     """The settings would expose the service without access control."""
 
 
+class NotConfigured(RuntimeError):
+    """A readiness check found a setting the service needs missing."""
+
+
 async def check_exposure(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    """Auth may be off only while the service listens on loopback."""
-    if is_loopback(settings.host):
-        return
-    if settings.auth == "disabled":
-        raise UnsafeStartup(
-            f"refusing to listen on {settings.host} with TASKDEPLOY_AUTH=disabled: access "
-            "control may be off only on a loopback address"
-        )
+    """Auth may be off only while the service listens on loopback, and once keys exist the
+    operator must say which buckets their owners' runs may use."""
     async with sessionmaker() as session:
-        keys = await ApiKeyRepository(session).active_count()
-    if keys == 0:
+        keys = ApiKeyRepository(session)
+        active = await keys.active_count()
+        ever_created = active > 0 or await keys.any_created()
+    if not is_loopback(settings.host):
+        if settings.auth == "disabled":
+            raise UnsafeStartup(
+                f"refusing to listen on {settings.host} with TASKDEPLOY_AUTH=disabled: access "
+                "control may be off only on a loopback address"
+            )
+        if active == 0:
+            raise UnsafeStartup(
+                f"refusing to listen on {settings.host} without API keys: anyone who can reach "
+                "it could run commands. Create one with `taskdeploy keys create --owner NAME "
+                "--admin`, or listen on 127.0.0.1."
+            )
+    if bucket_allow_list_missing(settings, keys_ever_created=ever_created):
         raise UnsafeStartup(
-            f"refusing to listen on {settings.host} without API keys: anyone who can reach it "
-            "could run commands. Create one with `taskdeploy keys create --owner NAME "
-            "--admin`, or listen on 127.0.0.1."
+            "refusing to start: API keys exist but TASKDEPLOY_ALLOWED_BUCKETS is empty, so "
+            "every key's owner could read and write any bucket the service's S3 credentials "
+            "reach. Set TASKDEPLOY_ALLOWED_BUCKETS to a comma-separated list of buckets (or "
+            "'*' to allow any bucket on purpose)."
         )
+
+
+def bucket_allow_list_missing(settings: Settings, *, keys_ever_created: bool) -> bool:
+    """An empty global allow-list lets only the local user (no key) use any bucket; with keys
+    their owners would get none, so the service says so at start-up and in /readyz."""
+    return keys_ever_created and not settings.allowed_buckets
 
 
 @dataclass
@@ -135,6 +154,7 @@ class AppContext:
             "object_store": await self._probe(
                 "object_store", self.store.bucket_exists("taskdeploy-readiness-probe"), 10
             ),
+            "allowed_buckets": await self._probe("allowed_buckets", self._check_buckets(), 5),
         }
         now = time.monotonic()
         for loop in self.loops:
@@ -148,9 +168,18 @@ class AppContext:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def _check_buckets(self) -> None:
+        """Keys made by the CLI while the service runs, with no bucket allow-list configured."""
+        async with self.sessionmaker() as session:
+            keys = await self.keys_created(session)
+        if bucket_allow_list_missing(self.settings, keys_ever_created=keys):
+            raise NotConfigured("API keys exist but TASKDEPLOY_ALLOWED_BUCKETS is empty")
+
     async def _probe(self, name: str, probe: Awaitable[object], seconds: float) -> str:
         try:
             await asyncio.wait_for(probe, seconds)
+        except NotConfigured as exc:
+            result, detail = "error: not_configured", str(exc)
         except TimeoutError:
             result, detail = "error: timeout", f"no answer in {seconds:g} s"
         except Exception as exc:  # any failure is an "error"; its text is for the log only

@@ -8,13 +8,24 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
+import sys
 import time
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.harness import Service, cli, make_run, pg_s3_env
+from tests.e2e.harness import (
+    REPO,
+    TERMINAL,
+    Service,
+    cli,
+    free_port,
+    make_run,
+    pg_s3_env,
+    wait_for_state,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -105,7 +116,9 @@ async def test_loopback_auto_closes_at_the_first_key_and_stays_closed_after_revo
     async with as_(service) as anonymous:
         # No key was ever made: the caller is the machine's own user, an admin.
         assert (await anonymous.get("/v1/runs")).status_code == 200
-        token, key_id = create_key(service.env, "alice")
+    token, key_id = create_key(service.env, "alice")
+    # A new connection: the CLI may take longer than the server's keep-alive.
+    async with as_(service) as anonymous:
         # The very next request, not some seconds later: no stale "no keys" answer.
         closed = await anonymous.get("/v1/runs")
         assert closed.status_code == 401, closed.text
@@ -119,6 +132,94 @@ async def test_loopback_auto_closes_at_the_first_key_and_stays_closed_after_revo
     # Nobody can mint the local user's identity as a key.
     reserved = cli(service.env, "keys", "create", "--owner", "local")
     assert reserved.returncode == 2 and "reserved" in reserved.stderr
+
+
+# ------------------------------------------------------------------ 3. allow-lists fail closed
+def serve_once(env: dict[str, str], seconds: float = 30) -> subprocess.CompletedProcess[str]:
+    """`taskdeploy serve` expected to refuse to start (it would otherwise run until killed)."""
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve"],
+        cwd=REPO,
+        env={**env, "TASKDEPLOY_PORT": str(free_port())},
+        capture_output=True,
+        text=True,
+        timeout=seconds,
+    )
+
+
+async def test_keys_without_a_bucket_allow_list_refuse_to_start(
+    service_factory: Any, pg_database: str, s3_endpoint: str, tmp_path: Any, bucket: str
+) -> None:
+    env = database_env(pg_database, s3_endpoint, tmp_path)
+    token, _ = create_key(env, "alice")
+    refused = serve_once(env)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "TASKDEPLOY_ALLOWED_BUCKETS is empty" in refused.stderr
+
+    # Saying "any bucket" on purpose is allowed, and then means it.
+    service = service_factory(
+        {**pg_s3_env(pg_database, s3_endpoint), "TASKDEPLOY_ALLOWED_BUCKETS": "*"}
+    )
+    async with as_(service, token) as alice:
+        created = await alice.post("/v1/runs", json=make_run(f"s3://{bucket}/out/"))
+        assert created.status_code == 202, created.text
+        assert (await wait_for_state(alice, created.json()["id"], TERMINAL))["state"] == "succeeded"
+
+
+async def test_an_owner_with_an_empty_bucket_list_gets_no_bucket(
+    service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
+) -> None:
+    service = service_factory(
+        {
+            **pg_s3_env(pg_database, s3_endpoint),
+            "TASKDEPLOY_ALLOWED_BUCKETS": bucket,
+            "TASKDEPLOY_ALLOWED_BUCKETS_BY_OWNER": '{"carol": []}',
+        }
+    )
+    carol, _ = create_key(service.env, "carol")
+    dave, _ = create_key(service.env, "dave")
+    async with as_(service, carol) as client:
+        for uri in (f"s3://{bucket}/out/", "s3://some-other-bucket/out/"):
+            refused = await client.post("/v1/runs", json=make_run(uri))
+            assert refused.status_code == 403, refused.text
+            error = refused.json()["error"]
+            assert error["field"] == "output"
+            assert "'carol' may use no bucket" in error["message"]
+            assert "TASKDEPLOY_ALLOWED_BUCKETS_BY_OWNER" in error["message"]
+        schedule = await client.post(
+            "/v1/schedules",
+            json={"name": "s", "cron": "0 3 * * *", "run": make_run(f"s3://{bucket}/s/")},
+        )
+        assert schedule.status_code == 403, schedule.text
+        assert (await client.get("/v1/runs")).json()["items"] == []
+    async with as_(service, dave) as client:  # not listed per owner: the global list
+        created = await client.post("/v1/runs", json=make_run(f"s3://{bucket}/out/"))
+        assert created.status_code == 202, created.text
+        await wait_for_state(client, created.json()["id"], TERMINAL)
+
+
+async def test_keys_made_while_running_need_a_bucket_allow_list(
+    service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
+) -> None:
+    service = service_factory(pg_s3_env(pg_database, s3_endpoint))
+    async with as_(service) as local:
+        # The embedded default: no key, no allow-list, and the machine's user may use any bucket.
+        created = await local.post("/v1/runs", json=make_run(f"s3://{bucket}/out/"))
+        assert created.status_code == 202, created.text
+        await wait_for_state(local, created.json()["id"], TERMINAL)
+        ready = await local.get("/readyz")
+        assert ready.json()["checks"]["allowed_buckets"] == "ok", ready.text
+
+    token, _ = create_key(service.env, "dave")
+    async with as_(service, token) as dave:
+        refused = await dave.post("/v1/runs", json=make_run(f"s3://{bucket}/out/"))
+        assert refused.status_code == 403, refused.text
+        assert refused.json()["error"]["field"] == "output"
+        assert "TASKDEPLOY_ALLOWED_BUCKETS" in refused.json()["error"]["message"]
+        assert (await dave.get("/v1/runs")).json()["items"] == []
+        ready = await dave.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["allowed_buckets"] == "error: not_configured"
 
 
 # ------------------------------------------------------------------ 4. readiness
