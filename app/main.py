@@ -24,6 +24,7 @@ from app.adapters.ports import ContainerRuntime, ObjectStore
 from app.adapters.s3 import S3ObjectStore
 from app.bodylimit import BodyLimitMiddleware
 from app.config import Settings
+from app.crosssite import CrossSiteGuard, SitePolicy
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.observability import measure_loop_lag
@@ -382,6 +383,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     await loop.stop()
 
 
+def site_policy(settings: Settings) -> SitePolicy:
+    return SitePolicy.build(settings.host, settings.allowed_hosts, settings.trusted_origins)
+
+
 def _operation_id(route: APIRoute) -> str:
     return route.name
 
@@ -397,6 +402,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=app.state.settings.max_request_bytes)
+    # Added last, so it runs first: a cross-site or wrong-Host request is refused unread.
+    app.add_middleware(CrossSiteGuard, policy=site_policy(app.state.settings))
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(schedules.router)
