@@ -6,6 +6,7 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.e2e.harness import TERMINAL, wait_for_state
 
@@ -93,3 +94,43 @@ async def test_submit_task_creates_a_schedule(pg_service: Any, bucket: str) -> N
         spec = (await client.get("/openapi.json")).json()
     assert spec["paths"]["/deploy"]["post"]["deprecated"] is True
     assert spec["paths"]["/submit_task"]["post"]["deprecated"] is True
+
+
+# ------------------------------------------------------------------ hostile legacy bodies
+BAD_PATH_PARTS = [
+    ("destination_s3_prefix", "/absolute/results", "starts with '/'"),
+    ("destination_s3_prefix", "a/../b", "'..' segment"),
+    ("destination_s3_prefix", "a/./b", "'.' segment"),
+    ("destination_s3_prefix", "a//b", "empty segment"),
+    ("destination_s3_prefix", "a/\x01b", "control characters"),
+    ("destination_s3_prefix", "results\n/x", "control characters"),
+    ("destination_s3_prefix", "é" * 451, "longer than 900 bytes"),
+    ("task_id", "..", "'..' segment"),
+    ("task_id", "t/../../other", "'..' segment"),
+    ("task_id", "/etc", "starts with '/'"),
+    ("task_id", "t/", "empty segment"),
+    ("task_id", "tab\there", "control characters"),
+    ("exec_id", ".", "'.' segment"),
+    ("exec_id", "e/../../x", "'..' segment"),
+    ("exec_id", "e\x7f", "control characters"),
+]
+
+
+@pytest.mark.parametrize("endpoint", ["/deploy", "/submit_task"])
+async def test_path_fields_follow_the_s3_prefix_rules(
+    pg_service: Any, bucket: str, endpoint: str
+) -> None:
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+        before = (await client.get("/v1/runs", params={"limit": 100})).json()["items"]
+        for field, value, words in BAD_PATH_PARTS:
+            answer = await client.post(endpoint, json=old_body(bucket, **{field: value}))
+            assert answer.status_code == 422, (field, value, answer.text)
+            body = answer.json()
+            assert body["message"] == "error"
+            assert [d["field"] for d in body["detail"]] == [field], body
+            assert words in body["detail"][0]["message"], body
+        # Too long only together: the prefix as a whole is capped too.
+        long_ids = old_body(bucket, task_id="\U0001f600" * 200, exec_id="\U0001f600" * 200)
+        assert (await client.post(endpoint, json=long_ids)).status_code == 422
+        after = (await client.get("/v1/runs", params={"limit": 100})).json()["items"]
+    assert [r["id"] for r in after] == [r["id"] for r in before]
