@@ -145,6 +145,14 @@ def output_name(run: Run, path: str) -> str:
     return path if run.legacy_prefix is not None else f"output/{path}"
 
 
+def reserved_output_paths(run: Run) -> frozenset[str]:
+    """Output paths that would land on the service's own files: in the legacy layout the
+    outputs sit beside the logs, metrics.json and run.json (elsewhere under output/)."""
+    if run.legacy_prefix is None:
+        return frozenset()
+    return frozenset({log_name(run, "stdout"), log_name(run, "stderr"), "metrics.json", "run.json"})
+
+
 def retry_decision(run: Run, state: RunState, exit_code: int | None) -> float | None:
     """Seconds to wait before the next attempt, or None when the run ends in `state`."""
     policy = run.retry_policy

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -134,3 +135,33 @@ async def test_path_fields_follow_the_s3_prefix_rules(
         assert (await client.post(endpoint, json=long_ids)).status_code == 422
         after = (await client.get("/v1/runs", params={"limit": 100})).json()["items"]
     assert [r["id"] for r in after] == [r["id"] for r in before]
+
+
+async def test_outputs_cannot_replace_the_services_own_files(
+    pg_service: Any, s3_client: Any, bucket: str
+) -> None:
+    forge = (
+        "echo real stdout; echo real stderr >&2; "
+        "for f in stdout.txt stderr.txt metrics.json run.json; do echo forged > $OUTPUT_DIR/$f; "
+        "done; echo mine > $OUTPUT_DIR/copy.txt"
+    )
+    body = old_body(bucket, command=forge, source_s3_prefix="")
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+        resp = await client.post("/deploy", json=body)
+        assert resp.status_code == 202, resp.text
+        run = await wait_for_state(client, resp.json()["run_id"], TERMINAL, 300)
+    assert run["state"] == "succeeded", run
+    assert "4 output entries were not uploaded" in run["status_reason"]
+    prefix = f"{body['task_id']}/exec-1/output/"
+    read = lambda key: s3_client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()  # noqa: E731
+    assert read("stdout.txt") == b"real stdout\n"
+    assert read("stderr.txt") == b"real stderr\n"
+    assert read("copy.txt") == b"mine\n"
+    assert json.loads(read("metrics.json"))["run_id"] == run["id"]
+    manifest = json.loads(read("run.json"))
+    assert manifest["run_id"] == run["id"]
+    skipped = {s["path"]: s["reason"] for s in manifest["skipped_outputs"]}
+    assert set(skipped) == {"stdout.txt", "stderr.txt", "metrics.json", "run.json"}
+    assert all("service's own files" in reason for reason in skipped.values())
+    keys = [a["key"] for a in run["artifacts"]]
+    assert len(keys) == len(set(keys)), keys  # each key once: no output wrote over another
