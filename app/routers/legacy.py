@@ -19,6 +19,7 @@ from pydantic import (
 from app.deps import ContextDep, CurrentPrincipal, RunServiceDep, ScheduleServiceDep
 from app.errors import AppError, validation_details
 from app.schemas import ErrorResponse, RunCreate, ScheduleCreate
+from app.services.legacy import ResultPrefixTaken
 from app.services.s3uri import MAX_PREFIX_BYTES, key_prefix_problem
 
 router = APIRouter(tags=["legacy"], deprecated=True)
@@ -167,8 +168,10 @@ async def legacy_deploy(
         run, created = await service.create(
             task.run_body(), task.unique_id, principal.owner, legacy_prefix=task.result_prefix()
         )
+    except ResultPrefixTaken as exc:
+        return _error(exc.status_code, f"{task.prefix_field}: {exc.message}")
     except AppError as exc:
-        return _error(exc.status_code, exc.message)
+        return _error(exc.status_code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
     if created:
         await service.session.commit()
         context.wake_dispatcher()

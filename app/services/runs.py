@@ -19,6 +19,7 @@ from app.observability import PHASE_DURATION, RUN_DURATION, RUNS_FINISHED
 from app.repositories import RunRepository
 from app.schemas import RunCreate
 from app.services.auth import LOCAL_OWNER
+from app.services.legacy import claim_result_prefix
 from app.services.s3uri import S3Location, parse_s3_uri
 from app.services.webhooks import check_callback_url, enqueue_run_event
 
@@ -277,6 +278,8 @@ class RunService:
                 raise
             return self._replay(existing, fingerprint), False
         self.repo.add_event(run.id, None, RunState.QUEUED, "submitted")
+        if legacy_prefix is not None:
+            await claim_result_prefix(self.session, run, owner)  # or 409, and nothing commits
         return run, True
 
     def build(
