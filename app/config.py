@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.crosssite import normalize_origin
 from app.services.webhook_targets import DestinationPolicy, parse_callback_url
 
 MiB = 1024 * 1024
@@ -37,8 +38,15 @@ class Settings(BaseSettings):
 
     # --- access
     auth: str = "auto"  # auto: keys required once any exists | required | disabled (loopback only)
-    allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: any
-    allowed_buckets_by_owner: dict[str, list[str]] = Field(default_factory=dict)  # JSON
+    # "*": any bucket. Empty: any bucket for the local user (no key) only; refused at start-up
+    # once keys exist. Per owner (JSON) an owner gets exactly its list, [] meaning none.
+    allowed_buckets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_buckets_by_owner: dict[str, list[str]] = Field(default_factory=dict)
+    # Host names the service answers to besides 127.0.0.1, localhost, [::1] and the listen
+    # address ("name" for any port, "name:port"; "*" turns the DNS-rebinding check off).
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Origins besides the service's own that may use the dashboard and change state.
+    trusted_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     # --- webhooks
     webhook_url: str | None = None  # every run's events also go here unless it names its own
@@ -126,7 +134,14 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: str = "text"  # text | json (one object per line, with run_id/schedule_id)
 
-    @field_validator("allowed_images", "allowed_buckets", "webhook_allowed_cidrs", mode="before")
+    @field_validator(
+        "allowed_images",
+        "allowed_buckets",
+        "webhook_allowed_cidrs",
+        "allowed_hosts",
+        "trusted_origins",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -141,6 +156,12 @@ class Settings(BaseSettings):
             raise ValueError("TASKDEPLOY_OBJECT_STORE must be auto, s3 or local")
         if self.default_disk_mb > self.max_disk_mb:
             raise ValueError("TASKDEPLOY_DEFAULT_DISK_MB exceeds TASKDEPLOY_MAX_DISK_MB")
+        for origin in self.trusted_origins:
+            if normalize_origin(origin) is None:
+                raise ValueError(
+                    f"TASKDEPLOY_TRUSTED_ORIGINS: {origin!r} is not an origin such as "
+                    "https://ops.example.com or http://127.0.0.1:3000"
+                )
         if self.default_timeout_seconds > self.max_timeout_seconds:
             raise ValueError(
                 "TASKDEPLOY_DEFAULT_TIMEOUT_SECONDS exceeds TASKDEPLOY_MAX_TIMEOUT_SECONDS"

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -21,7 +21,6 @@ from app import migrate
 from app.adapters.docker import DockerRuntime
 from app.adapters.localfs import LocalObjectStore
 from app.adapters.ports import (
-    AdapterError,
     BuildLimits,
     ContainerRuntime,
     ContainerSpec,
@@ -33,12 +32,13 @@ from app.adapters.s3 import S3ObjectStore
 from app.adapters.webhook_http import HttpWebhookSender
 from app.bodylimit import BodyLimitMiddleware
 from app.config import MiB, Settings
+from app.crosssite import CrossSiteGuard, SitePolicy
 from app.db import create_engine, create_sessionmaker
 from app.errors import install_error_handlers
 from app.observability import measure_loop_lag
 from app.repositories import ApiKeyRepository
 from app.routers import health, legacy, runs, schedules, ui, webhooks
-from app.services.auth import is_loopback
+from app.services.auth import is_loopback, keys_required
 from app.services.environments import EnvironmentImages
 from app.services.results import RunResults
 from app.services.runs import RunLimits
@@ -53,31 +53,43 @@ from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
 
 log = logging.getLogger("taskdeploy")
-KEY_CHECK_SECONDS = 5.0
 
 
 class UnsafeStartup(RuntimeError):
     """The settings would expose the service without access control."""
 
 
+class NotConfigured(RuntimeError):
+    """A readiness check found a setting the service needs missing."""
+
+
 async def check_exposure(
     settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    """Auth may be off only while the service listens on loopback."""
-    if is_loopback(settings.host):
-        return
-    if settings.auth == "disabled":
-        raise UnsafeStartup(
-            f"refusing to listen on {settings.host} with TASKDEPLOY_AUTH=disabled: access "
-            "control may be off only on a loopback address"
-        )
+    """Auth may be off only while the service listens on loopback, and once keys exist the
+    operator must say which buckets their owners' runs may use."""
     async with sessionmaker() as session:
-        keys = await ApiKeyRepository(session).active_count()
-    if keys == 0:
+        keys = ApiKeyRepository(session)
+        active = await keys.active_count()
+        ever_created = active > 0 or await keys.any_created()
+    if not is_loopback(settings.host):
+        if settings.auth == "disabled":
+            raise UnsafeStartup(
+                f"refusing to listen on {settings.host} with TASKDEPLOY_AUTH=disabled: access "
+                "control may be off only on a loopback address"
+            )
+        if active == 0:
+            raise UnsafeStartup(
+                f"refusing to listen on {settings.host} without API keys: anyone who can reach "
+                "it could run commands. Create one with `taskdeploy keys create --owner NAME "
+                "--admin`, or listen on 127.0.0.1."
+            )
+    if bucket_allow_list_missing(settings, keys_ever_created=ever_created):
         raise UnsafeStartup(
-            f"refusing to listen on {settings.host} without API keys: anyone who can reach it "
-            "could run commands. Create one with `taskdeploy keys create --owner NAME "
-            "--admin`, or listen on 127.0.0.1."
+            "refusing to start: API keys exist but TASKDEPLOY_ALLOWED_BUCKETS is empty, so "
+            "every key's owner could read and write any bucket the service's S3 credentials "
+            "reach. Set TASKDEPLOY_ALLOWED_BUCKETS to a comma-separated list of buckets (or "
+            "'*' to allow any bucket on purpose)."
         )
 
 
@@ -124,6 +136,12 @@ async def _probe_disk_quota(settings: Settings, runtime: ContainerRuntime) -> No
     log.warning("no allowed base image on the engine yet: the disk cap is checked at each run")
 
 
+def bucket_allow_list_missing(settings: Settings, *, keys_ever_created: bool) -> bool:
+    """An empty global allow-list lets only the local user (no key) use any bucket; with keys
+    their owners would get none, so the service says so at start-up and in /readyz."""
+    return keys_ever_created and not settings.allowed_buckets
+
+
 @dataclass
 class AppContext:
     """Everything the routers and workers share, built once per process by the lifespan."""
@@ -143,19 +161,25 @@ class AppContext:
     notifier: Notifier
     loops: list[LoopService] = field(default_factory=list)
 
-    _keys_exist: bool = False
-    _keys_checked_at: float = -1e9
+    # A key is never deleted, so once one was seen the answer stays yes: only a service
+    # that has never seen a key reads the table, on each anonymous request, so a key the CLI
+    # made a moment ago closes it for the very next request (no cache that can be stale).
+    _keys_seen: bool = False
+    _readiness: dict[str, str] = field(default_factory=dict)  # each check's last result
+
+    async def keys_created(self, session: AsyncSession) -> bool:
+        if not self._keys_seen:
+            self._keys_seen = await ApiKeyRepository(session).any_created()
+        return self._keys_seen
 
     async def auth_required(self, session: AsyncSession) -> bool:
-        """`required`: always. `disabled`: never (loopback only). `auto`: once any key exists
-        (re-checked every few seconds, as keys are made by the CLI in another process)."""
-        mode = self.settings.auth
-        if mode != "auto":
-            return mode == "required"
-        if time.monotonic() - self._keys_checked_at > KEY_CHECK_SECONDS:
-            self._keys_exist = await ApiKeyRepository(session).active_count() > 0
-            self._keys_checked_at = time.monotonic()
-        return self._keys_exist
+        """Whether a request without a key is refused (see `keys_required`)."""
+        settings = self.settings
+        if keys_required(settings.auth, settings.host, keys_ever_created=self._keys_seen):
+            return True
+        return keys_required(
+            settings.auth, settings.host, keys_ever_created=await self.keys_created(session)
+        )
 
     def wake_dispatcher(self) -> None:
         self.dispatcher.wake()
@@ -173,23 +197,17 @@ class AppContext:
         self.notifier.wake()  # a queued run is cancelled at once: its event is in the outbox
 
     async def readiness(self) -> dict[str, str]:
-        checks: dict[str, str] = {}
-        try:
-            async with self.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"error: {type(exc).__name__}"
-        try:
-            await asyncio.wait_for(self.runtime.ping(), 5)
-            checks["docker"] = "ok"
-        except (AdapterError, TimeoutError) as exc:
-            checks["docker"] = f"error: {exc}"
-        try:
-            await asyncio.wait_for(self.store.bucket_exists("taskdeploy-readiness-probe"), 10)
-            checks["object_store"] = "ok"
-        except (AdapterError, TimeoutError) as exc:
-            checks["object_store"] = f"error: {exc}"
+        """Each check's result: "ok", "stale" (a worker loop), or "error" with at most a fixed
+        reason code. What went wrong goes to the service log, never into the answer, which
+        anyone who can reach the port may read."""
+        checks = {
+            "database": await self._probe("database", self._ping_database(), 5),
+            "docker": await self._probe("docker", self.runtime.ping(), 5),
+            "object_store": await self._probe(
+                "object_store", self.store.bucket_exists("taskdeploy-readiness-probe"), 10
+            ),
+            "allowed_buckets": await self._probe("allowed_buckets", self._check_buckets(), 5),
+        }
         now = time.monotonic()
         for loop in self.loops:
             if not loop.started:
@@ -197,6 +215,37 @@ class AppContext:
             stale = loop.last_tick is None or now - loop.last_tick > max(60.0, 3 * loop.interval)
             checks[f"worker:{loop.name}"] = "ok" if not stale or loop is self.watcher else "stale"
         return checks
+
+    async def _ping_database(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def _check_buckets(self) -> None:
+        """Keys made by the CLI while the service runs, with no bucket allow-list configured."""
+        async with self.sessionmaker() as session:
+            keys = await self.keys_created(session)
+        if bucket_allow_list_missing(self.settings, keys_ever_created=keys):
+            raise NotConfigured("API keys exist but TASKDEPLOY_ALLOWED_BUCKETS is empty")
+
+    async def _probe(self, name: str, probe: Awaitable[object], seconds: float) -> str:
+        try:
+            await asyncio.wait_for(probe, seconds)
+        except NotConfigured as exc:
+            result, detail = "error: not_configured", str(exc)
+        except TimeoutError:
+            result, detail = "error: timeout", f"no answer in {seconds:g} s"
+        except Exception as exc:  # any failure is an "error"; its text is for the log only
+            result, detail = "error", f"{type(exc).__name__}: {exc}"
+        else:
+            result, detail = "ok", ""
+        # Probes come every few seconds: log a check when its result changes, not each time.
+        if self._readiness.get(name) != result:
+            if result == "ok":
+                log.info("readiness check %s: ok", name)
+            else:
+                log.warning("readiness check %s failed: %s", name, detail)
+        self._readiness[name] = result
+        return result
 
 
 def webhook_secret(settings: Settings) -> str:
@@ -404,6 +453,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                     await loop.stop()
 
 
+def site_policy(settings: Settings) -> SitePolicy:
+    return SitePolicy.build(settings.host, settings.allowed_hosts, settings.trusted_origins)
+
+
 def _operation_id(route: APIRoute) -> str:
     return route.name
 
@@ -419,6 +472,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings or Settings()
     install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=app.state.settings.max_request_bytes)
+    # Added last, so it runs first: a cross-site or wrong-Host request is refused unread.
+    app.add_middleware(CrossSiteGuard, policy=site_policy(app.state.settings))
     app.include_router(health.router)
     app.include_router(runs.router)
     app.include_router(schedules.router)

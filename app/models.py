@@ -120,6 +120,20 @@ class Run(Base):
     )
 
 
+class LegacyPrefixClaim(Base):
+    """A legacy result prefix (the old layout's fixed folder in a bucket) and the one run that
+    writes there: a prefix is claimed once, so no legacy run overwrites another's results."""
+
+    __tablename__ = "legacy_prefix_claims"
+
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(63))
+    prefix: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("bucket", "prefix", name="uq_legacy_prefix_claims_prefix"),)
+
+
 class RunEvent(Base):
     __tablename__ = "run_events"
 

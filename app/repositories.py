@@ -402,6 +402,11 @@ class ApiKeyRepository:
         query = select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
         return int((await self.session.execute(query)).scalar_one())
 
+    async def any_created(self) -> bool:
+        """Whether a key was ever created, revoked ones included."""
+        query = select(ApiKey.id).limit(1)
+        return (await self.session.execute(query)).first() is not None
+
     async def all(self) -> list[ApiKey]:
         return list(
             (await self.session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars()

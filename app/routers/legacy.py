@@ -7,11 +7,20 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from app.deps import ContextDep, CurrentPrincipal, RunServiceDep, ScheduleServiceDep
-from app.errors import AppError
+from app.errors import AppError, validation_details
 from app.schemas import ErrorResponse, RunCreate, ScheduleCreate
+from app.services.legacy import ResultPrefixTaken
+from app.services.s3uri import MAX_PREFIX_BYTES, key_prefix_problem
 
 router = APIRouter(tags=["legacy"], deprecated=True)
 
@@ -42,11 +51,32 @@ class LegacyTask(BaseModel):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    # Each of these may become part of the result prefix: the rules of an S3 prefix, so that
+    # no value can climb out of its folder or name another run's ("" counts as not given).
+    @field_validator("user_id", "user_id_camel", "unique_id", "task_id", "exec_id")
+    @classmethod
+    def _path_part(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value and (problem := key_prefix_problem(value, name=_alias(info), folder=False)):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("destination_s3_prefix")
+    @classmethod
+    def _destination(cls, value: str | None) -> str | None:
+        if value and (problem := key_prefix_problem(value, name="destination_s3_prefix")):
+            raise ValueError(problem)
+        return value
+
+    @property
+    def prefix_field(self) -> str:
+        """The field(s) the result prefix comes from, to name in an error."""
+        return "destination_s3_prefix" if self.destination_s3_prefix else "task_id/exec_id"
+
     def result_prefix(self) -> str:
         """Where the old service put results: the destination prefix if given, else
         <task_id>/<exec_id>/output/."""
         if self.destination_s3_prefix:
-            return self.destination_s3_prefix.strip("/") + "/"
+            return self.destination_s3_prefix.removesuffix("/") + "/"
         first = self.task_id or self.user_id or self.user_id_camel or "task"
         second = self.exec_id or self.unique_id or "run"
         return f"{first}/{second}/output/"
@@ -59,6 +89,13 @@ class LegacyTask(BaseModel):
             input=f"s3://{self.s3_bucket}/{source}/" if source else None,
             output=f"s3://{self.s3_bucket}/",
         )
+
+
+def _alias(info: ValidationInfo) -> str:
+    """The name the old body uses for the field being validated."""
+    name = info.field_name or "field"
+    alias = LegacyTask.model_fields[name].alias if name in LegacyTask.model_fields else None
+    return alias or name
 
 
 class LegacyAnswer(BaseModel):
@@ -76,7 +113,7 @@ ANSWERS: dict[int | str, dict[str, Any]] = {401: AUTH_ANSWER}
 for _code, _text in {
     200: "Replay of an earlier uniqueId",
     403: "Not allowed (bucket, image, network)",
-    409: "uniqueId reused with a different body",
+    409: "uniqueId reused with a different body, or the result prefix is another run's",
     422: "Invalid body",
 }.items():
     ANSWERS[_code] = {"model": LegacyAnswer, "description": _text}
@@ -91,10 +128,10 @@ def _parse(raw: dict[str, Any]) -> LegacyTask | JSONResponse:
         task = LegacyTask.model_validate(raw)
         task.run_body()  # the run's own validation, with its messages
     except ValidationError as exc:
-        return _error(
-            422,
-            [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()],
-        )
+        return _error(422, validation_details(exc.errors()))
+    if len(task.result_prefix().encode()) > MAX_PREFIX_BYTES:
+        message = f"the result prefix would be longer than {MAX_PREFIX_BYTES} bytes"
+        return _error(422, [{"field": task.prefix_field, "message": message}])
     return task
 
 
@@ -131,8 +168,10 @@ async def legacy_deploy(
         run, created = await service.create(
             task.run_body(), task.unique_id, principal.owner, legacy_prefix=task.result_prefix()
         )
+    except ResultPrefixTaken as exc:
+        return _error(exc.status_code, f"{task.prefix_field}: {exc.message}")
     except AppError as exc:
-        return _error(exc.status_code, exc.message)
+        return _error(exc.status_code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
     if created:
         await service.session.commit()
         context.wake_dispatcher()

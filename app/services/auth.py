@@ -48,10 +48,30 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def keys_required(mode: str, listen_host: str, *, keys_ever_created: bool) -> bool:
+    """Whether a request without a key is refused. Fails closed: nothing in the key table can
+    open a service that was closed.
+
+    `required`: always. `disabled`: never (the service refuses to start with it beyond
+    loopback). `auto`: always on an address beyond loopback, whatever the key table holds;
+    on loopback once any key was ever created, revoked keys included, so revoking the last
+    key never turns every caller into the local admin.
+    """
+    if mode == "required":
+        return True
+    if mode == "disabled":
+        return False
+    return keys_ever_created or not is_loopback(listen_host)
+
+
 async def create_key(session: AsyncSession, owner: str, *, admin: bool) -> tuple[ApiKey, str]:
     """A new key; the token is returned once and only its SHA-256 is stored."""
     if not owner or len(owner) > 100 or not owner.replace("-", "").replace("_", "").isalnum():
         raise ValueError("owner must be 1-100 letters, digits, '-' or '_'")
+    if owner == LOCAL_OWNER:
+        # The owner of requests without a key (the machine's own user): a key for it would
+        # inherit what only the local user may do, such as any bucket without an allow-list.
+        raise ValueError(f"owner {LOCAL_OWNER!r} is reserved for requests without a key")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         owner=owner,

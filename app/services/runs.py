@@ -18,6 +18,8 @@ from app.models import TERMINAL_STATES, Run, RunState, new_id
 from app.observability import PHASE_DURATION, RUN_DURATION, RUNS_FINISHED
 from app.repositories import RunRepository
 from app.schemas import RunCreate
+from app.services.auth import LOCAL_OWNER
+from app.services.legacy import claim_result_prefix
 from app.services.s3uri import S3Location, parse_s3_uri
 from app.services.webhook_targets import DestinationPolicy
 from app.services.webhooks import check_callback_url, enqueue_run_event
@@ -31,6 +33,7 @@ ALLOWED_TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.FINISHING: frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED, S.ERROR, S.QUEUED}),
 }
 CANCELLABLE = frozenset({S.QUEUED, S.PREPARING, S.RUNNING})
+ANY_BUCKET = "*"
 
 
 class IllegalTransition(Conflict):
@@ -53,13 +56,36 @@ class RunLimits:
     max_timeout_seconds: int
     max_command_bytes: int
     allow_network: bool
-    allowed_buckets: tuple[str, ...] = ()  # empty: any bucket
+    # "*" allows any bucket; empty allows any bucket to the local user only (no key).
+    allowed_buckets: tuple[str, ...] = ()
     default_callback_url: str | None = None
     webhook_policy: DestinationPolicy = field(default_factory=DestinationPolicy)
+    # An owner listed here gets exactly its list: [] is no bucket, not "fall back to global".
     allowed_buckets_by_owner: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    def buckets_for(self, owner: str) -> tuple[str, ...]:
-        return self.allowed_buckets_by_owner.get(owner, self.allowed_buckets)
+    def bucket_refusal(self, owner: str, bucket: str) -> str | None:
+        """Why `owner` may not use `bucket`, or None when it may. Fails closed: an empty list
+        means no bucket, except that with no global list at all the machine's own user (the
+        embedded default, no key) may use any; an owner with a key then gets none."""
+        if owner in self.allowed_buckets_by_owner:
+            listed, setting = (
+                self.allowed_buckets_by_owner[owner],
+                "TASKDEPLOY_ALLOWED_BUCKETS_BY_OWNER",
+            )
+        else:
+            listed, setting = self.allowed_buckets, "TASKDEPLOY_ALLOWED_BUCKETS"
+            if not listed:
+                if owner == LOCAL_OWNER:
+                    return None
+                return (
+                    "the operator has not configured which buckets runs may use: "
+                    "TASKDEPLOY_ALLOWED_BUCKETS is empty (a comma-separated list, or '*' for any)"
+                )
+        if ANY_BUCKET in listed or bucket in listed:
+            return None
+        if not listed:
+            return f"owner {owner!r} may use no bucket ({setting} gives it an empty list)"
+        return f"bucket {bucket!r} is not on the operator's allow-list ({setting})"
 
 
 async def transition(
@@ -123,6 +149,14 @@ def output_name(run: Run, path: str) -> str:
     return path if run.legacy_prefix is not None else f"output/{path}"
 
 
+def reserved_output_paths(run: Run) -> frozenset[str]:
+    """Output paths that would land on the service's own files: in the legacy layout the
+    outputs sit beside the logs, metrics.json and run.json (elsewhere under output/)."""
+    if run.legacy_prefix is None:
+        return frozenset()
+    return frozenset({log_name(run, "stdout"), log_name(run, "stderr"), "metrics.json", "run.json"})
+
+
 def retry_decision(run: Run, state: RunState, exit_code: int | None) -> float | None:
     """Seconds to wait before the next attempt, or None when the run ends in `state`."""
     policy = run.retry_policy
@@ -158,14 +192,12 @@ class RunService:
 
     def _admit(self, body: RunCreate, owner: str) -> dict[str, Any]:
         lim = self.limits
-        allowed = lim.buckets_for(owner)
         for name, uri in (("input", body.input), ("output", body.output)):
-            if uri and allowed and parse_s3_uri(uri).bucket not in allowed:
-                # Refused before anything touches the bucket with the service's credentials.
-                raise Forbidden(
-                    f"bucket {parse_s3_uri(uri).bucket!r} is not on the operator's allow-list",
-                    field=name,
-                )
+            if not uri:
+                continue
+            # Refused before anything touches the bucket with the service's credentials.
+            if (refusal := lim.bucket_refusal(owner, parse_s3_uri(uri).bucket)) is not None:
+                raise Forbidden(refusal, field=name)
         if len(body.command.encode()) > lim.max_command_bytes:
             raise InvalidRequest(
                 f"command is {len(body.command.encode())} bytes; the limit is "
@@ -256,6 +288,8 @@ class RunService:
                 raise
             return self._replay(existing, fingerprint), False
         self.repo.add_event(run.id, None, RunState.QUEUED, "submitted")
+        if legacy_prefix is not None:
+            await claim_result_prefix(self.session, run, owner)  # or 409, and nothing commits
         return run, True
 
     def build(

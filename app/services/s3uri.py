@@ -77,6 +77,31 @@ def _bad_segment(path: str) -> str | None:
     return None
 
 
+def key_prefix_problem(
+    text: str, *, name: str = "the key prefix", folder: bool = True
+) -> str | None:
+    """Why `text` cannot be (a part of) an object key prefix, or None: the rules of an S3
+    location's prefix. A `folder` may end with one "/"; a name joined into a prefix may not."""
+    if (char := _control_character(text)) is not None:
+        return f"{name} must not contain control characters (found {char!r})"
+    size = _utf8_length(text)
+    if size is None:
+        return f"{name} must be valid Unicode text"
+    if not text:
+        return f"{name} must not be empty"
+    if (segment := _bad_segment(text.removesuffix("/") if folder else text)) is not None:
+        if text.startswith("/"):
+            return (
+                f"{name} {text!r} starts with '/', an empty segment, which is not allowed "
+                "(keys are relative)"
+            )
+        shown = "an empty segment (//)" if segment == "" else f"a {segment!r} segment"
+        return f"{name} {text!r} has {shown}, which is not allowed"
+    if size > MAX_PREFIX_BYTES:
+        return f"{name} is longer than {MAX_PREFIX_BYTES} bytes"
+    return None
+
+
 def parse_s3_uri(text: str) -> S3Location:
     """Parse `s3://bucket[/prefix]`; raise ValueError with a message a user can act on."""
     if not text.startswith(S3_SCHEME):
@@ -94,9 +119,8 @@ def parse_s3_uri(text: str) -> S3Location:
         raise ValueError(f"bucket name {bucket!r} is not valid: it {problem}")
     if prefix:
         # One trailing "/" is the normal way to write a folder; anything else empty is a typo.
-        if (segment := _bad_segment(prefix.removesuffix("/"))) is not None:
-            shown = "an empty segment (//)" if segment == "" else f"a {segment!r} segment"
-            raise ValueError(f"the key prefix {prefix!r} has {shown}, which is not allowed")
+        if (problem := key_prefix_problem(prefix)) is not None:
+            raise ValueError(problem)
         if not prefix.endswith("/"):
             prefix += "/"
     if (_utf8_length(prefix) or 0) > MAX_PREFIX_BYTES:

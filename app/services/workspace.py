@@ -165,13 +165,15 @@ def plan_outputs(
     available: int,
     max_key_bytes: int = 900,
     beyond: list[ScannedEntry] | None = None,
+    reserved: frozenset[str] = frozenset(),
 ) -> OutputPlan:
     """Which members of the output archive to upload: regular files (and hard links to them,
     under their own names) within the caps.
 
     `available` is how many bytes of the archive were fetched; a member whose body lies
     beyond it was cut off by the download cap and is skipped. `beyond` lists the entries the
-    header scan saw past the cut, so that they are reported too.
+    header scan saw past the cut, so that they are reported too. `reserved` names the
+    service's own files beside the outputs: a member at (or under) such a name is skipped.
     """
     plan = OutputPlan()
     total = 0
@@ -210,6 +212,9 @@ def plan_outputs(
             problem = _key_problem(rel, max_key_bytes)
             if problem is not None:
                 plan.skip(rel.encode("utf-8", "replace").decode(), kind, problem)
+                continue
+            if rel in reserved or rel.partition("/")[0] in reserved:
+                plan.skip(rel, kind, "the name of one of the service's own files: not uploaded")
                 continue
             if kind == "hardlink" and info.linkname in planned:
                 # Docker archives the first name of a file as regular and the others as

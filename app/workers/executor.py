@@ -49,6 +49,7 @@ from app.services.metrics import MetricsReport, parse_metrics_tsv
 from app.services.runs import (
     log_name,
     output_name,
+    reserved_output_paths,
     result_location,
     retry_decision,
     transition,
@@ -865,6 +866,7 @@ class RunExecutor:
                     available=available,
                     max_key_bytes=MAX_KEY_BYTES - len(f"{prefix}output/".encode()),
                     beyond=scanner.entries,
+                    reserved=reserved_output_paths(run),
                 )
                 if available > cap and not scanner.finished:
                     plan.limit_reason = (

@@ -52,6 +52,7 @@ async def dash(service_factory: Any, postgres_url: str, s3_endpoint: str) -> Ser
     database = await create_database(postgres_url)
     env = pg_s3_env(database, s3_endpoint)
     env["TASKDEPLOY_METRICS_INTERVAL_SECONDS"] = "0.5"
+    env["TASKDEPLOY_ALLOWED_BUCKETS"] = "*"  # keys exist; each test uses a fresh bucket
     return service_factory(env)  # type: ignore[no-any-return]
 
 

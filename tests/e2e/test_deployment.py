@@ -259,6 +259,8 @@ def check_image() -> None:
             "none",
             "-e",
             "TASKDEPLOY_WORKERS_ENABLED=false",
+            "-e",
+            "TASKDEPLOY_ALLOWED_BUCKETS=taskdeploy",  # with a key, the service needs the list
             "--health-interval",
             "1s",
             "--health-timeout",

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 import uuid
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.e2e.harness import TERMINAL, wait_for_state
+from tests.e2e.harness import TERMINAL, docker_ids, make_run, wait_for_state
 
 
 def old_body(bucket: str, **overrides: Any) -> dict[str, Any]:
@@ -93,3 +97,160 @@ async def test_submit_task_creates_a_schedule(pg_service: Any, bucket: str) -> N
         spec = (await client.get("/openapi.json")).json()
     assert spec["paths"]["/deploy"]["post"]["deprecated"] is True
     assert spec["paths"]["/submit_task"]["post"]["deprecated"] is True
+
+
+# ------------------------------------------------------------------ hostile legacy bodies
+BAD_PATH_PARTS = [
+    ("destination_s3_prefix", "/absolute/results", "starts with '/'"),
+    ("destination_s3_prefix", "a/../b", "'..' segment"),
+    ("destination_s3_prefix", "a/./b", "'.' segment"),
+    ("destination_s3_prefix", "a//b", "empty segment"),
+    ("destination_s3_prefix", "a/\x01b", "control characters"),
+    ("destination_s3_prefix", "results\n/x", "control characters"),
+    ("destination_s3_prefix", "é" * 451, "longer than 900 bytes"),
+    ("task_id", "..", "'..' segment"),
+    ("task_id", "t/../../other", "'..' segment"),
+    ("task_id", "/etc", "starts with '/'"),
+    ("task_id", "t/", "empty segment"),
+    ("task_id", "tab\there", "control characters"),
+    ("exec_id", ".", "'.' segment"),
+    ("exec_id", "e/../../x", "'..' segment"),
+    ("exec_id", "e\x7f", "control characters"),
+]
+
+
+@pytest.mark.parametrize("endpoint", ["/deploy", "/submit_task"])
+async def test_path_fields_follow_the_s3_prefix_rules(
+    pg_service: Any, bucket: str, endpoint: str
+) -> None:
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+        before = (await client.get("/v1/runs", params={"limit": 100})).json()["items"]
+        for field, value, words in BAD_PATH_PARTS:
+            answer = await client.post(endpoint, json=old_body(bucket, **{field: value}))
+            assert answer.status_code == 422, (field, value, answer.text)
+            body = answer.json()
+            assert body["message"] == "error"
+            assert [d["field"] for d in body["detail"]] == [field], body
+            assert words in body["detail"][0]["message"], body
+        # Too long only together: the prefix as a whole is capped too.
+        long_ids = old_body(bucket, task_id="\U0001f600" * 200, exec_id="\U0001f600" * 200)
+        assert (await client.post(endpoint, json=long_ids)).status_code == 422
+        after = (await client.get("/v1/runs", params={"limit": 100})).json()["items"]
+    assert [r["id"] for r in after] == [r["id"] for r in before]
+
+
+async def test_outputs_cannot_replace_the_services_own_files(
+    pg_service: Any, s3_client: Any, bucket: str
+) -> None:
+    forge = (
+        "echo real stdout; echo real stderr >&2; "
+        "for f in stdout.txt stderr.txt metrics.json run.json; do echo forged > $OUTPUT_DIR/$f; "
+        "done; echo mine > $OUTPUT_DIR/copy.txt"
+    )
+    body = old_body(bucket, command=forge, source_s3_prefix="")
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+        resp = await client.post("/deploy", json=body)
+        assert resp.status_code == 202, resp.text
+        run = await wait_for_state(client, resp.json()["run_id"], TERMINAL, 300)
+    assert run["state"] == "succeeded", run
+    assert "4 output entries were not uploaded" in run["status_reason"]
+    prefix = f"{body['task_id']}/exec-1/output/"
+    read = lambda key: s3_client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()  # noqa: E731
+    assert read("stdout.txt") == b"real stdout\n"
+    assert read("stderr.txt") == b"real stderr\n"
+    assert read("copy.txt") == b"mine\n"
+    assert json.loads(read("metrics.json"))["run_id"] == run["id"]
+    manifest = json.loads(read("run.json"))
+    assert manifest["run_id"] == run["id"]
+    skipped = {s["path"]: s["reason"] for s in manifest["skipped_outputs"]}
+    assert set(skipped) == {"stdout.txt", "stderr.txt", "metrics.json", "run.json"}
+    assert all("service's own files" in reason for reason in skipped.values())
+    keys = [a["key"] for a in run["artifacts"]]
+    assert len(keys) == len(set(keys)), keys  # each key once: no output wrote over another
+
+
+async def test_a_result_prefix_belongs_to_one_run(pg_service: Any, bucket: str) -> None:
+    def readme_body(destination: str, command: str = "echo one", **more: Any) -> dict[str, Any]:
+        return {
+            "s3_bucket": bucket,
+            "destination_s3_prefix": destination,
+            "command": command,
+            **more,
+        }
+
+    def conflict(answer: httpx.Response, field: str) -> str:
+        assert answer.status_code == 409, answer.text
+        body = answer.json()
+        assert body["message"] == "error" and body["detail"].startswith(f"{field}: "), body
+        return str(body["detail"])
+
+    created: list[str] = []
+    async with httpx.AsyncClient(base_url=pg_service.base_url, timeout=30) as client:
+
+        async def deploy(body: dict[str, Any]) -> httpx.Response:
+            answer = await client.post("/deploy", json=body)
+            if answer.status_code == 202:
+                created.append(answer.json()["run_id"])
+            return answer
+
+        first = await deploy(readme_body("shared/x"))
+        assert first.status_code == 202, first.text
+        owner_run = first.json()["run_id"]
+        detail = conflict(
+            await deploy(readme_body("shared/x/", "echo two")), "destination_s3_prefix"
+        )
+        assert owner_run in detail  # the same owner is told which run holds it
+        conflict(await deploy(readme_body("shared/x/inner")), "destination_s3_prefix")
+        conflict(await deploy(readme_body("shared")), "destination_s3_prefix")
+        assert (await deploy(readme_body("shared/y"))).status_code == 202
+
+        # An idempotent replay is the same run; another uniqueId at the prefix is not.
+        key = f"uid-{uuid.uuid4().hex[:8]}"
+        replayed = readme_body("keyed/z", uniqueId=key)
+        made = await deploy(replayed)
+        again = await client.post("/deploy", json=replayed)
+        assert (made.status_code, again.status_code) == (202, 200)
+        assert made.json()["run_id"] == again.json()["run_id"]
+        conflict(await deploy({**replayed, "uniqueId": key + "-2"}), "destination_s3_prefix")
+
+        # The old body without uniqueId: the second run of one task/exec would overwrite.
+        task = old_body(bucket, source_s3_prefix="", command="echo task")
+        assert (await deploy(task)).status_code == 202
+        conflict(await deploy(task), "task_id/exec_id")
+
+        # Never inside, or around, a usual run's folder <output prefix><run id>/.
+        usual = await client.post("/v1/runs", json=make_run(f"s3://{bucket}/usual/"))
+        assert usual.status_code == 202, usual.text
+        usual_id = usual.json()["id"]
+        created.append(usual_id)
+        for destination in (f"usual/{usual_id}", f"usual/{usual_id}/output/x", "usual"):
+            conflict(await deploy(readme_body(destination)), "destination_s3_prefix")
+        assert (await deploy(readme_body(f"usual-not/{usual_id}"))).status_code == 202
+
+        # Concurrent requests for one prefix, or nested ones: exactly one wins.
+        for destinations in (["race/z"] * 4, ["nest/", "nest/a", "nest/a/b", "nest/a/b/c"]):
+            answers = await asyncio.gather(
+                *(deploy(readme_body(d, f"echo {i}")) for i, d in enumerate(destinations))
+            )
+            codes = sorted(a.status_code for a in answers)
+            assert codes == [202] + [409] * (len(destinations) - 1), [a.text for a in answers]
+
+        for run_id in created:
+            await wait_for_state(client, run_id, TERMINAL, 300)
+    await containers_removed(created)
+
+
+async def containers_removed(run_ids: list[str], deadline_s: float = 60) -> None:
+    """Polls until the containers of `run_ids` are gone (removed just after the run ends)."""
+    deadline = time.monotonic() + deadline_s
+    left: list[str] = []
+    while time.monotonic() < deadline:
+        left = [
+            run_id
+            for run_id in run_ids
+            if docker_ids("ps", "-aq", "--filter", f"label=taskdeploy.run_id={run_id}")
+        ]
+        if not left:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"containers of {left} still there after {deadline_s} s")

@@ -72,6 +72,23 @@ def test_names_that_cannot_be_keys_are_skipped() -> None:
     }
 
 
+def test_members_named_like_the_services_own_files_are_skipped() -> None:
+    data = archive(
+        ("output/stdout.txt", b"forged", tarfile.REGTYPE),
+        ("output/run.json/inner", b"x", tarfile.REGTYPE),
+        ("output/sub/stdout.txt", b"mine", tarfile.REGTYPE),
+        ("output/STDOUT.txt", b"mine", tarfile.REGTYPE),  # keys are case-sensitive
+    )
+    tar = tarfile.open(fileobj=io.BytesIO(data))  # noqa: SIM115 - in memory
+    reserved = frozenset({"stdout.txt", "run.json"})
+    result = plan_outputs(
+        tar, root="output", max_files=10, max_bytes=100, available=len(data), reserved=reserved
+    )
+    assert [m.path for _, m in result.files] == ["sub/stdout.txt", "STDOUT.txt"]
+    assert [s.path for s in result.skipped] == ["stdout.txt", "run.json/inner"]
+    assert all("service's own files" in s.reason for s in result.skipped)
+
+
 @pytest.mark.parametrize("name", ["/etc/x", "output/../x", "../x", "output/a/../../b"])
 def test_member_paths_never_escape(name: str) -> None:
     assert safe_member_path(name, "output") is None
