@@ -36,6 +36,7 @@ LIMITS = RunLimits(
     max_timeout_seconds=3600,
     max_command_bytes=65536,
     allow_network=False,
+    allowed_buckets=("bucket",),
 )
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
@@ -274,7 +275,7 @@ async def test_templates_the_tightened_limits_refuse_record_a_skip_and_the_rest_
     db: async_sessionmaker[AsyncSession],
 ) -> None:
     clock = Clock(T0 + timedelta(seconds=30))
-    loose = dataclasses.replace(LIMITS, allow_network=True)
+    loose = dataclasses.replace(LIMITS, allow_network=True, allowed_buckets=("*",))
     async with db() as session, session.begin():
         service = ScheduleService(session, loose, clock)
         network = await service.create(
