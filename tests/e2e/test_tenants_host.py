@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -284,11 +285,11 @@ def fake_internet() -> Iterator[FakeInternet]:
                         str(net.port),
                     ],
                     stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
                 )
             )
-        for address in (net.public, net.metadata):
-            _wait_listening(ns, address, net.port)
+        for server, address in zip(servers, (net.public, net.metadata), strict=True):
+            _wait_listening(ns, address, net.port, server)
         yield net
     finally:
         for server in servers:
@@ -312,19 +313,24 @@ http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H).serve_forever()
 """
 
 
-def _wait_listening(ns: str, address: str, port: int) -> None:
+def _wait_listening(ns: str, address: str, port: int, server: subprocess.Popen[bytes]) -> None:
+    """Until the namespace's server accepts connections (60 s at most; a loaded machine starts
+    Python slowly), failing at once with its error output if it exits."""
     probe_code = (
-        "import socket,sys,time\n"
-        "for _ in range(100):\n"
-        "    try: socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.2).close(); break\n"
-        "    except OSError: time.sleep(0.1)\n"
-        "else: sys.exit(1)\n"
+        "import socket,sys\n"
+        "try: socket.create_connection((sys.argv[1], int(sys.argv[2])), 0.5).close()\n"
+        "except OSError: sys.exit(1)\n"
     )
-    subprocess.run(
-        ["ip", "netns", "exec", ns, "python3", "-c", probe_code, address, str(port)],
-        check=True,
-        timeout=30,
-    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            error = server.stderr.read().decode(errors="replace") if server.stderr else ""
+            raise AssertionError(f"the server on {address} in {ns} exited: {error}")
+        probe = ["ip", "netns", "exec", ns, "python3", "-c", probe_code, address, str(port)]
+        if subprocess.run(probe, capture_output=True, timeout=30, check=False).returncode == 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on {address}:{port} in {ns} after 60 s")
 
 
 @pytest.fixture

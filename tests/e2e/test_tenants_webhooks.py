@@ -41,7 +41,11 @@ from tests.e2e.harness import (
 )
 
 RECEIVER_HOST = "127.0.0.2"
-ALLOWED = {"TASKDEPLOY_WEBHOOK_ALLOWED_CIDRS": f"{RECEIVER_HOST}/32"}
+# The receivers' address, and any bucket for the owners whose keys these tests make.
+ALLOWED = {
+    "TASKDEPLOY_WEBHOOK_ALLOWED_CIDRS": f"{RECEIVER_HOST}/32",
+    "TASKDEPLOY_ALLOWED_BUCKETS": "*",
+}
 OPERATOR_SECRET = "operator-webhook-secret"
 
 
