@@ -51,6 +51,14 @@ LOOP_LAG = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 
+CONTAINER_FILE_READS = Counter(
+    "taskdeploy_container_file_reads_total",
+    "Reads of a running container's files for live logs and live metrics",
+    ["file"],
+)
+for _file in ("stdout.log", "stderr.log", "metrics.tsv"):
+    CONTAINER_FILE_READS.labels(file=_file)  # exported at 0 from the start
+
 current_run_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("run_id", default=None)
 current_schedule_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "schedule_id", default=None
