@@ -341,6 +341,43 @@ async def test_server_sent_events_cannot_be_forged_by_carriage_returns(
     assert others == [], raw
 
 
+async def test_control_characters_never_reach_the_service_log_raw(
+    service_factory: Any,
+    postgres_url: str,
+    s3_endpoint: str,
+    created_databases: list[str],
+    bucket: str,
+) -> None:
+    services = [
+        await dedicated(
+            service_factory,
+            postgres_url,
+            s3_endpoint,
+            created_databases,
+            {"TASKDEPLOY_LOG_FORMAT": fmt, "TASKDEPLOY_LOG_LIMIT_BYTES": str(LOG_LIMIT)},
+        )
+        for fmt in ("text", "json")
+    ]
+    nasty = "\\033[2J\\033[31mred\\r\\n2026-01-01 00:00:00,000 INFO forged: line\\177\\302\\233\\342\\200\\250"
+    command = (
+        f"printf '{nasty}\\n'; printf '{nasty}\\n' >&2; "
+        f"touch \"$OUTPUT_DIR/$(printf 'x\\033y')\"; printf 'junk {nasty}\\n' >> {META}/metrics.tsv; "
+        f"printf '{nasty}\\n' > {META}/stdout.total; chmod 444 {META}/stdout.total; "
+        f"head -c 2000000 /dev/zero > {META}/stderr.log; exit 3"
+    )
+    body = make_run(f"s3://{bucket}/o", command=command)
+    for service in services:
+        async with client_for(service) as c:
+            run = await wait_for_state(c, await submit(c, body), TERMINAL)
+            assert run["state"] == "failed", run
+            # The job's notes were logged: the test saw its bytes come near the log.
+            assert "stdout.total in the container is not a byte count" in run["status_reason"]
+        text = service.logs()
+        assert run["id"] in text
+        raw = re.findall(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]", text)
+        assert not raw, f"raw control characters in the service log: {sorted(set(raw))}"
+
+
 # --------------------------------------------------------------------------- followers
 FOLLOWER_LIMITS = {
     "TASKDEPLOY_MAX_FOLLOWERS_PER_RUN": "4",
