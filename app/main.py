@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import time
@@ -444,6 +445,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             engine.dialect.name,
             "s3" if settings.uses_s3 else f"local:{settings.effective_local_store_dir}",
         )
+        # Everything made while starting (modules, models, the SDKs' service descriptions)
+        # lives as long as the process: out of the collector's sight, a full collection
+        # walks only what came later (seen here: 280 ms pauses of the loop become none).
+        gc.freeze()
         lag = asyncio.create_task(measure_loop_lag(), name="loop-lag")
         try:
             yield
