@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     metrics_interval_seconds: float = Field(default=1.0, ge=0.1, le=60)
     log_limit_bytes: int = Field(default=10 * MiB, ge=1024)
     follow_max_seconds: float = Field(default=3600, gt=0)  # longest live-log stream
+    # Live-log streams open at once in this process (429 beyond): per run, and per owner.
+    max_followers_per_run: int = Field(default=10, ge=1)
+    max_followers_per_owner: int = Field(default=20, ge=1)
     max_command_bytes: int = Field(default=64 * 1024, ge=1)
     # Largest request body: a run's env may hold 100 values of 32 KiB.
     max_request_bytes: int = Field(default=4 * MiB, ge=64 * 1024)

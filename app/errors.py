@@ -52,6 +52,17 @@ class Unauthorized(AppError):
     code = "unauthorized"
 
 
+class TooManyRequests(AppError):
+    """A per-run or per-owner limit is reached; `retry_after` seconds is a fair wait."""
+
+    status_code = 429
+    code = "too_many_requests"
+
+    def __init__(self, message: str, *, retry_after: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.retry_after = retry_after
+
+
 class ServiceUnavailable(AppError):
     status_code = 503
     code = "unavailable"
@@ -107,6 +118,8 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _app_error_handler(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AppError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, TooManyRequests):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(
         status_code=exc.status_code,
         content=error_body(exc.code, exc.message, exc.field),

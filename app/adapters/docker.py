@@ -42,7 +42,7 @@ MANAGED_LABEL: Final = "taskdeploy.managed=true"
 _CHUNK_BYTES: Final = 256 * 1024
 # A JSON line of the events or stats stream is a few KB; anything near this is a broken stream.
 _MAX_JSON_LINE_BYTES: Final = 4 * 1024 * 1024
-_EVENT_ACTIONS: Final = ("start", "die", "oom")
+_EVENT_ACTIONS: Final = ("start", "die", "oom", "kill")
 # Docker mixes these into Actor.Attributes next to the container's labels (and they win on clash).
 _NON_LABEL_ATTRIBUTES: Final = frozenset({"image", "name", "exitCode", "signal"})
 _STREAM_TYPES: Final[Mapping[LogStream, int]] = {"stdout": 1, "stderr": 2}
@@ -470,7 +470,7 @@ class DockerRuntime:
         return ContainerNotFound(f"{action}: no such path in the container")
 
     async def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]:
-        """start/die/oom of containers carrying all `labels`, from one request; ends with it.
+        """start/die/oom/kill of containers carrying all `labels`, from one request; ends with it.
 
         Events from before the request are not replayed: subscribe, then list containers to catch
         up. An own request per call, unlike aiodocker's shared subscription, whose first

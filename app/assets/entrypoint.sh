@@ -233,8 +233,9 @@ td_keep="$td_sampler $td_readers"
 # defers traps until its foreground command ends): the trap kills the command's processes and
 # the script goes on to flush the logs and write the final sample.
 td_stopping=0
-# The `stopped` line tells the service the stop came from outside the command: from the service
-# itself (time limit, cancel) or, when the service sent nothing, from an engine restart.
+# The `stopped` line records that a stop signal reached the wrapper. The service does not go by
+# it (the job can write this file as well as the wrapper can): it judges a stop by what it sent
+# itself and by the engine's own events.
 trap 'td_stopping=1; printf "stopped\n" >>"$td_metrics"; kill_strays all' TERM INT
 /bin/sh "$td_dir/command.sh" </dev/null >"$td_dir/stdout.fifo" 2>"$td_dir/stderr.fifo" &
 td_command=$!

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 from urllib.parse import quote
@@ -15,6 +17,7 @@ from app.models import RunState
 from app.presenters import present_run
 from app.repositories import RunRepository
 from app.schemas import (
+    ErrorResponse,
     Page,
     RunCreate,
     RunEventOut,
@@ -107,43 +110,79 @@ async def cancel_run(run: RunFromPath, service: RunServiceDep, context: ContextD
                 "text/event-stream": {"schema": {"type": "string"}},
             },
             "description": "the log's bytes; with follow=true a stream that ends with the run",
-        }
+        },
+        429: {"model": ErrorResponse, "description": "too many live-log followers (follow=true)"},
     },
 )
 async def get_run_logs(
     run: RunFromPath,
     context: ContextDep,
+    principal: CurrentPrincipal,
     stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout",
     follow: Annotated[bool, Query(description="stream new output until the run ends")] = False,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """stdout or stderr: what exists so far (from the container while it runs, from the object
-    store after), or followed live as Server-Sent Events or chunked text by Accept header."""
+    store after), or followed live as Server-Sent Events or chunked text by Accept header
+    (429 past the live-log follower limits)."""
     if not follow:
         body = await context.results.log_so_far(run, stream)
-        return Response(content=body, media_type="text/plain; charset=utf-8")
-    chunks = context.results.follow(run.id, stream)
+        return Response(content=body, media_type="text/plain; charset=utf-8", headers=NOSNIFF)
+    follower = context.live_logs.admit(run.id, principal.owner)
+    chunks = context.live_logs.stream(follower, stream)
     if accept and "text/event-stream" in accept:
-        return StreamingResponse(_server_sent_events(chunks), media_type="text/event-stream")
-    return StreamingResponse(chunks, media_type="text/plain; charset=utf-8")
+        return StreamingResponse(
+            server_sent_events(chunks), media_type="text/event-stream", headers=NOSNIFF
+        )
+    return StreamingResponse(chunks, media_type="text/plain; charset=utf-8", headers=NOSNIFF)
 
 
-async def _server_sent_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """One `data:` event per line (a partial last line waits for its end), then `end`."""
-    pending = b""
+# A job's output is served as text, never as whatever a browser would sniff it to be.
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+# A line longer than this is sent as several events, so one line cannot grow a buffer.
+MAX_EVENT_LINE_CHARS = 64 * 1024
+_LINE_ENDS = re.compile(r"\r\n|\r|\n")
+
+
+async def server_sent_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """One `data:` event per line, then `end`. SSE ends a line at CR, LF or CRLF, so the
+    output is split at all three: a job's CR can neither start a field (`event:`, `id:`,
+    `retry:`) nor end an event. A partial last line waits for its end; a line longer than
+    MAX_EVENT_LINE_CHARS is sent in pieces."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending = ""
+    after_cr = False  # the last text ended with CR: an LF starting the next one is its CRLF
     async for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
+        text = decoder.decode(chunk)
+        if not text:
+            continue  # the start of a character split across chunks
+        if after_cr and text.startswith("\n"):
+            text = text[1:]
+        after_cr = text.endswith("\r")
+        *lines, pending = _LINE_ENDS.split(pending + text)
         for line in lines:
-            yield b"data: " + line.decode(errors="replace").encode() + b"\n\n"
+            yield _event(line)
+        while len(pending) > MAX_EVENT_LINE_CHARS:
+            yield _event(pending[:MAX_EVENT_LINE_CHARS])
+            pending = pending[MAX_EVENT_LINE_CHARS:]
+    pending += decoder.decode(b"", final=True)
     if pending:
-        yield b"data: " + pending.decode(errors="replace").encode() + b"\n\n"
+        yield _event(pending)
     yield b"event: end\ndata: \n\n"
 
 
+def _event(line: str) -> bytes:
+    return b"data: " + line.encode() + b"\n\n"
+
+
 @router.get("/{run_id}/metrics", response_model=RunMetricsOut)
-async def get_run_metrics(run: RunFromPath, context: ContextDep) -> RunMetricsOut:
-    """CPU and memory samples of a finished run, with the summary."""
+async def get_run_metrics(run: RunFromPath, context: ContextDep) -> Response | RunMetricsOut:
+    """CPU and memory samples with the summary: of a finished run, or so far while it runs
+    (`live` true)."""
+    live = await context.results.live_metrics_json(run)
+    if live is not None:
+        # Rendered once for every client asking within a second or so (RunMetricsOut's shape).
+        return Response(content=live, media_type="application/json")
     doc = await context.results.metrics(run)
     return RunMetricsOut(
         run_id=run.id,

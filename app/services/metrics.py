@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from itertools import pairwise
-from typing import Any
+from typing import Any, NamedTuple
 
 SOURCE_CGROUP = "cgroup"
 SOURCE_DOCKER_STATS = "docker_stats"
@@ -16,10 +16,24 @@ CLOCK_RESOLUTION_SECONDS = 0.01
 # A window this short is mostly clock rounding (up to 20 % off), so it never sets the peak rate.
 MIN_RATE_WINDOW_SECONDS = 0.05
 
+# Bounds on a file the job can write (it owns metrics.tsv as much as the wrapper does): of the
+# head and of the tail that were kept (see app/services/joboutput.py) at most this many lines
+# each are parsed, spread evenly (the first and last few always). The counters are cumulative,
+# so CPU time and the rates between parsed samples stay exact averages. Python work per line
+# is what holds the GIL (and so the event loop): this keeps a parse near 30 ms.
+PARSED_LINES_PER_PART = 2_500
+EDGE_LINES = 8  # start and nocgroup open the file; f and exit close it
+# The series shown is downsampled to at most this many points.
+MAX_SERIES_POINTS = 1000
+
 _NS_PER_SECOND = 1_000_000_000
-# Strict shapes: int() and float() would also take "1_0", "nan" or "inf".
-_INT = re.compile(r"\d+")
-_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+# Strict shapes: int() and float() would also take "1_0", "nan", "inf" or other scripts' digits,
+# and a number of 5000 digits makes int() raise. A 64-bit counter has at most 20 digits.
+_MAX_INT_DIGITS = 20
+_MAX_SECONDS_DIGITS = 12
+_SAMPLE_LINE = re.compile(
+    r"\s*s\s+(\d{1,12}(?:\.\d{1,12})?)\s+(\d{1,20})\s+(\d{1,20})\s*", re.ASCII
+)
 
 
 @dataclass(frozen=True)
@@ -34,7 +48,8 @@ class MetricsSample:
 
 @dataclass(frozen=True)
 class MetricsSummary:
-    """Whole-run figures: CPU time and rates, peak memory, duration, number of samples."""
+    """Whole-run figures: CPU time and rates, peak memory, duration, and the number of samples
+    they rest on (a long series is parsed in part, see `read_metrics`)."""
 
     cpu_seconds: float
     cpu_percent_avg: float
@@ -77,14 +92,13 @@ class MetricsReport:
         }
 
 
-@dataclass(frozen=True)
-class _Reading:
+class _Reading(NamedTuple):  # a tuple: cheap to make by the hundred thousand
     t: float
     cpu_ns: int
     memory_bytes: int
 
 
-def parse_metrics_tsv(text: str) -> MetricsReport:
+def parse_metrics_tsv(text: str, *, max_points: int = MAX_SERIES_POINTS) -> MetricsReport:
     """Parse the `metrics.tsv` written by `app/assets/entrypoint.sh`.
 
     Lines, fields separated by blanks:
@@ -102,7 +116,82 @@ def parse_metrics_tsv(text: str) -> MetricsReport:
     lines, repeated start/f/exit lines (the first counts) and samples that do not move forward in
     time. Without an `f` line (the container was killed) the last sample's CPU time and the
     largest sample's memory stand in. A CPU counter that goes backwards counts as no change.
+    The series is downsampled to at most `max_points` points (see `downsample`).
     """
+    # The entrypoint ends every line with a newline, so whatever follows the last one was cut.
+    return _parse_lines(text.split("\n")[:-1], max_points)
+
+
+def read_metrics(
+    head: bytes,
+    tail: bytes,
+    *,
+    size: int,
+    complete: bool,
+    parsed_lines: int = PARSED_LINES_PER_PART,
+    max_points: int = MAX_SERIES_POINTS,
+) -> tuple[MetricsReport, list[str]]:
+    """The report from what was kept of a metrics.tsv of `size` bytes: its first bytes
+    (`head`) and its last (`tail`, contiguous with the head when the two cover the whole file),
+    with notes on what was left out. `complete` is false when the file was not read to its
+    end (it was larger than the read cap): its tail is unknown then.
+
+    Of each part at most `parsed_lines` lines are parsed, spread evenly by position, the
+    first lines of the head (the start line) and the last of the tail (the final sample and
+    the exit line) always; lines are found with string searches, never all split, so the
+    work is bounded whatever the parts hold. Blocking (some 30 ms at the caps): callers run
+    it in a thread.
+    """
+    notes: list[str] = []
+    if complete and len(head) + len(tail) >= size:
+        parts = [_whole_lines((head + tail).decode(errors="replace"), from_line_start=True)]
+    else:
+        parts = [_whole_lines(head.decode(errors="replace"), from_line_start=True)]
+        if complete:
+            parts.append(_whole_lines(tail.decode(errors="replace"), from_line_start=False))
+            kept = f"its first {len(head)} and last {len(tail)} bytes"
+        else:
+            kept = (
+                f"its first {len(head)} bytes: it is larger than the read cap, and its final "
+                "sample was not read"
+            )
+        notes.append(f"metrics.tsv is {size} bytes: kept {kept}")
+    per_part = parsed_lines * 2 // len(parts)  # a whole file gets both parts' share
+    lines = [line for part in parts for line in _spread(part, per_part)]
+    return _parse_lines(lines, max_points), notes
+
+
+def _whole_lines(text: str, *, from_line_start: bool) -> str:
+    """`text` from its first whole line to its last newline: a line cut at either end of a
+    kept part is dropped, as is a last line without its newline."""
+    start = 0 if from_line_start else text.find("\n") + 1
+    return text[start : text.rfind("\n") + 1]
+
+
+def _spread(text: str, count: int) -> list[str]:
+    """At most `count` lines of `text` (whole lines, each ending in a newline): all of them
+    if there are that few, else the first and last EDGE_LINES and, between them, the lines
+    found at evenly spaced positions."""
+    if text.count("\n") <= count:
+        return text.split("\n")[:-1]
+    first = text.split("\n", EDGE_LINES)[:EDGE_LINES]
+    last = text.rsplit("\n", EDGE_LINES + 1)[1:-1]
+    low = sum(len(line) + 1 for line in first)
+    high = len(text) - sum(len(line) + 1 for line in last)
+    picks = max(count - 2 * EDGE_LINES, 1)
+    middle: list[str] = []
+    previous = -1
+    for k in range(picks):
+        position = low + (high - low) * k // picks
+        start = text.rfind("\n", 0, position + 1) + 1 if position > low else low
+        if start <= previous:
+            continue
+        previous = start
+        middle.append(text[start : text.find("\n", start)])
+    return [*first, *middle, *last]
+
+
+def _parse_lines(lines: Iterable[str], max_points: int) -> MetricsReport:
     start: float | None = None
     start_cpu_ns: int | None = None
     samples: list[_Reading] = []
@@ -110,23 +199,28 @@ def parse_metrics_tsv(text: str) -> MetricsReport:
     exit_code: int | None = None
     nocgroup = False
 
-    # The entrypoint ends every line with a newline, so whatever follows the last one was cut.
-    for line in text.split("\n")[:-1]:
+    for line in lines:
+        sample = _SAMPLE_LINE.fullmatch(line)
+        if sample is not None:  # nearly every line: the fast path, one regular expression
+            seconds = float(sample[1])
+            if not samples or seconds > samples[-1].t:
+                samples.append(_Reading(seconds, int(sample[2]), int(sample[3])))
+            continue
         fields = line.split()
         match fields:
             case ["start", t] if start is None:
                 start = _seconds(t)
-            case ["start", t, cpu] if start is None and _INT.fullmatch(cpu):
+            case ["start", t, cpu] if start is None and _int(cpu) is not None:
                 start = _seconds(t)
-                start_cpu_ns = int(cpu) if start is not None else None
+                start_cpu_ns = _int(cpu) if start is not None else None
             case ["s", t, cpu, mem]:
                 reading = _reading(t, cpu, mem)
                 if reading is not None and (not samples or reading.t > samples[-1].t):
                     samples.append(reading)
             case ["f", t, cpu, peak] if final is None:
                 final = _reading(t, cpu, peak)
-            case ["exit", code] if exit_code is None and _INT.fullmatch(code):
-                exit_code = int(code)
+            case ["exit", code] if exit_code is None and _int(code) is not None:
+                exit_code = _int(code)
             case ["nocgroup"]:
                 nocgroup = True
             case _:
@@ -142,7 +236,7 @@ def parse_metrics_tsv(text: str) -> MetricsReport:
         return MetricsReport([], _empty_summary(), exit_code, SOURCE_NONE)
     if start_cpu_ns is None and samples:
         start_cpu_ns = samples[0].cpu_ns
-    return _report(origin, start_cpu_ns or 0, samples, final, exit_code, SOURCE_CGROUP)
+    return _report(origin, start_cpu_ns or 0, samples, final, exit_code, SOURCE_CGROUP, max_points)
 
 
 def report_from_stats(samples: list[tuple[float, int, int]]) -> MetricsReport:
@@ -158,7 +252,7 @@ def report_from_stats(samples: list[tuple[float, int, int]]) -> MetricsReport:
             readings.append(_Reading(float(t), max(cpu_ns, 0), max(memory_bytes, 0)))
     if not readings:
         return MetricsReport([], _empty_summary(), None, SOURCE_NONE)
-    return _report(0.0, 0, readings, None, None, SOURCE_DOCKER_STATS)
+    return _report(0.0, 0, readings, None, None, SOURCE_DOCKER_STATS, MAX_SERIES_POINTS)
 
 
 def _report(
@@ -168,41 +262,74 @@ def _report(
     final: _Reading | None,
     exit_code: int | None,
     source: str,
+    max_points: int,
 ) -> MetricsReport:
     # Callers pass at least one reading. The CPU counter only grows, so a reading below an
     # earlier one is a glitch: holding the highest value so far makes that window count as no
     # change without turning the next window into a spike.
     readings: list[_Reading] = []
+    highest = -1
     for r in [*samples, final] if final is not None else samples:
-        highest = max(r.cpu_ns, readings[-1].cpu_ns) if readings else r.cpu_ns
-        readings.append(_Reading(r.t, highest, r.memory_bytes))
+        if r.cpu_ns >= highest:
+            highest = r.cpu_ns
+            readings.append(r)
+        else:
+            readings.append(_Reading(r.t, highest, r.memory_bytes))
 
+    shown = downsample(readings[: len(samples)], max_points)
     series = [
         MetricsSample(
             t=r.t - origin,
-            cpu_percent=_cpu_percent(readings[i - 1], r) if i else 0.0,
+            cpu_percent=_cpu_percent(shown[i - 1], r) if i else 0.0,
             memory_bytes=r.memory_bytes,
         )
-        for i, r in enumerate(readings[: len(samples)])
+        for i, r in enumerate(shown)
     ]
     wall = max(readings[-1].t - origin, 0.0)
     cpu_seconds = max(readings[-1].cpu_ns - origin_cpu_ns, 0) / _NS_PER_SECOND
     # A run shorter than one clock tick still ran for some time: avoid dividing by zero.
     cpu_avg = cpu_seconds / max(wall, CLOCK_RESOLUTION_SECONDS) * 100
-    rates = [
-        _cpu_percent(a, b) for a, b in pairwise(readings) if b.t - a.t >= MIN_RATE_WINDOW_SECONDS
-    ]
+    # The peak rate over windows long enough for the clock (a loop: this runs over up to
+    # 100 000 readings, and a call per window would be most of the parse).
+    peak_ns_per_second: float | None = None
+    before = readings[0]
+    for after in readings[1:]:
+        elapsed = after.t - before.t
+        if elapsed >= MIN_RATE_WINDOW_SECONDS:
+            rate = (after.cpu_ns - before.cpu_ns) / elapsed
+            if peak_ns_per_second is None or rate > peak_ns_per_second:
+                peak_ns_per_second = rate
+        before = after
     summary = MetricsSummary(
         cpu_seconds=cpu_seconds,
         cpu_percent_avg=cpu_avg,
         # No window long enough (say only `start` and `f`): the whole run is the one window.
-        cpu_percent_max=max(rates) if rates else cpu_avg,
+        cpu_percent_max=(
+            peak_ns_per_second / _NS_PER_SECOND * 100 if peak_ns_per_second is not None else cpu_avg
+        ),
         # The `f` peak is exact where the kernel keeps one; elsewhere a sample may be higher.
         peak_memory_bytes=max(r.memory_bytes for r in readings),
         wall_seconds=wall,
-        samples=len(series),
+        samples=len(samples),
     )
     return MetricsReport(series, summary, exit_code, source)
+
+
+def downsample(readings: list[_Reading], max_points: int) -> list[_Reading]:
+    """At most `max_points` readings standing for consecutive runs of them: each keeps the
+    time and CPU counter of its run's last reading (so the rate between two points is the
+    average over the run) and the run's highest memory. The first reading stays as it is."""
+    if len(readings) <= max_points or max_points < 2:
+        return readings
+    runs = max_points - 1
+    rest = readings[1:]
+    shown = [readings[0]]
+    for i in range(runs):
+        run = rest[i * len(rest) // runs : (i + 1) * len(rest) // runs]
+        if run:
+            last = run[-1]
+            shown.append(_Reading(last.t, last.cpu_ns, max(r.memory_bytes for r in run)))
+    return shown
 
 
 def _cpu_percent(before: _Reading, after: _Reading) -> float:
@@ -216,12 +343,27 @@ def _empty_summary() -> MetricsSummary:
     return MetricsSummary(0.0, 0.0, 0.0, 0, 0.0, 0)
 
 
+def _int(text: str) -> int | None:
+    if len(text) <= _MAX_INT_DIGITS and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 def _seconds(text: str) -> float | None:
-    return float(text) if _SECONDS.fullmatch(text) else None
+    whole, dot, fraction = text.partition(".")
+    if len(whole) > _MAX_SECONDS_DIGITS or not (whole.isascii() and whole.isdigit()):
+        return None
+    if dot and not (
+        len(fraction) <= _MAX_SECONDS_DIGITS and fraction.isascii() and fraction.isdigit()
+    ):
+        return None
+    return float(text)
 
 
 def _reading(t: str, cpu_ns: str, memory_bytes: str) -> _Reading | None:
     seconds = _seconds(t)
-    if seconds is None or not _INT.fullmatch(cpu_ns) or not _INT.fullmatch(memory_bytes):
+    cpu = _int(cpu_ns)
+    memory = _int(memory_bytes)
+    if seconds is None or cpu is None or memory is None:
         return None
-    return _Reading(seconds, int(cpu_ns), int(memory_bytes))
+    return _Reading(seconds, cpu, memory)

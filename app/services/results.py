@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import tarfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
-
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.adapters.ports import (
     AdapterError,
@@ -21,12 +18,34 @@ from app.adapters.ports import (
 )
 from app.errors import Conflict, NotFound, ServiceUnavailable
 from app.models import Run, RunState
-from app.repositories import RunRepository
-from app.services.metrics import parse_metrics_tsv
+from app.observability import CONTAINER_FILE_READS
+from app.services.joboutput import (
+    META_PATH,
+    METRICS_FILE,
+    METRICS_HEAD_BYTES,
+    METRICS_READ_BYTES,
+    METRICS_TAIL_BYTES,
+    BodyCapture,
+    read_container_file,
+)
+from app.services.metrics import parse_metrics_tsv, read_metrics
 from app.services.runs import log_name, result_location
 from app.services.s3uri import parse_s3_uri
 
-MAX_METRICS_BYTES = 64 * 1024 * 1024
+# metrics.json is the service's own (a bounded series); older runs' may be larger.
+MAX_METRICS_JSON_BYTES = 64 * 1024 * 1024
+# The stored log is the kept bytes plus the truncation marker.
+LOG_MARKER_BYTES = 4096
+# A live metrics answer is reused for at least this long, and for ten times what reading and
+# parsing it took: however many clients ask, a run's file is read about once a second.
+LIVE_METRICS_MIN_SECONDS = 1.0
+LIVE_METRICS_COST_FACTOR = 10.0
+
+
+@dataclass
+class _LiveMetrics:
+    body: bytes  # the answer as JSON, in RunMetricsOut's shape
+    expires: float
 
 
 class RunResults:
@@ -35,42 +54,110 @@ class RunResults:
         store: ObjectStore,
         max_log_bytes: int,
         runtime: ContainerRuntime,
-        sessionmaker: async_sessionmaker[AsyncSession],
-        poll_seconds: float = 0.5,
-        follow_max_seconds: float = 3600.0,
     ) -> None:
         self.store = store
         self.max_log_bytes = max_log_bytes
         self.runtime = runtime
-        self.sessionmaker = sessionmaker
-        self.poll_seconds = poll_seconds
-        self.follow_max_seconds = follow_max_seconds
+        self._live_metrics: dict[str, _LiveMetrics] = {}
+        self._live_metrics_reads: dict[str, asyncio.Future[bytes]] = {}
 
-    async def _read(self, run: Run, name: str, max_bytes: int) -> bytes:
+    def _stored_key(self, run: Run, name: str) -> tuple[str, str]:
         if not RunState(run.state).terminal:
             raise Conflict(f"run {run.id} is {run.state}; its {name} is stored once it finishes")
         where = result_location(run)  # the last attempt's folder when the run was retried
-        try:
-            return await self.store.get_bytes(
-                where.bucket, f"{where.prefix}{name}", max_bytes=max_bytes
-            )
-        except (ObjectNotFound, BucketNotFound) as exc:
-            raise NotFound(f"run {run.id} has no {name} (it ended before one was written)") from exc
-        except ObjectStoreError as exc:
-            raise ServiceUnavailable(f"object store: {exc}") from exc
+        return where.bucket, f"{where.prefix}{name}"
 
     async def log(self, run: Run, stream: str) -> bytes:
-        # The kept bytes plus the truncation marker the executor appends.
-        return await self._read(run, log_name(run, stream), self.max_log_bytes + 4096)
+        """The stored log: the kept bytes plus the truncation marker. An object larger than
+        that (stored before a lower log cap, or by an older version) is cut, with a note."""
+        bucket, key = self._stored_key(run, log_name(run, stream))
+        cap = self.max_log_bytes + LOG_MARKER_BYTES
+        parts: list[bytes] = []
+        size = 0
+        try:
+            chunks = self.store.stream_object(bucket, key)
+            try:
+                async for chunk in chunks:
+                    parts.append(chunk)
+                    size += len(chunk)
+                    if size > cap:
+                        break
+            finally:
+                await chunks.aclose()
+        except (ObjectNotFound, BucketNotFound) as exc:
+            raise NotFound(
+                f"run {run.id} has no {stream} log (it ended before one was written)"
+            ) from exc
+        except ObjectStoreError as exc:
+            raise ServiceUnavailable(f"object store: {exc}") from exc
+        body = b"".join(parts)
+        if size <= cap:
+            return body
+        return (
+            body[:cap]
+            + (
+                f"\n[taskdeploy: the stored {stream} log is larger than {cap} bytes: showing the "
+                "first ones; the whole object is among the run's artifacts]\n"
+            ).encode()
+        )
 
     async def metrics(self, run: Run) -> dict[str, Any]:
-        """The stored metrics.json of a finished run; while it runs, the samples so far, parsed
-        from the wrapper's file in the container (`live` is true then)."""
-        if container_id := _live_container(run):
-            text = await self._from_container(container_id, "metrics.tsv", MAX_METRICS_BYTES)
-            return {**parse_metrics_tsv(text.decode(errors="replace")).to_json(), "live": True}
-        doc: dict[str, Any] = json.loads(await self._read(run, "metrics.json", MAX_METRICS_BYTES))
+        """The stored metrics.json of a finished run."""
+        bucket, key = self._stored_key(run, "metrics.json")
+        try:
+            raw = await self.store.get_bytes(bucket, key, max_bytes=MAX_METRICS_JSON_BYTES)
+        except (ObjectNotFound, BucketNotFound) as exc:
+            raise NotFound(
+                f"run {run.id} has no metrics (it ended before they were written)"
+            ) from exc
+        except ObjectStoreError as exc:
+            raise ServiceUnavailable(f"object store: {exc}") from exc
+        doc: dict[str, Any] = await asyncio.to_thread(json.loads, raw)
         return doc
+
+    async def live_metrics_json(self, run: Run) -> bytes | None:
+        """While the run runs, its samples so far as the JSON answer (`live` true), parsed
+        from the wrapper's file in the container; None once it is not running.
+
+        One read serves every client asking at the same time, and its answer, rendered once,
+        is reused for a while (LIVE_METRICS_*): a hundred clients cost one read and no
+        rendering each."""
+        container_id = _live_container(run)
+        if container_id is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        cached = self._live_metrics.get(container_id)
+        if cached is not None and cached.expires > now:
+            return cached.body
+        reading = self._live_metrics_reads.get(container_id)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_live_metrics(run.id, container_id))
+            self._live_metrics_reads[container_id] = reading
+            reading.add_done_callback(lambda _: self._live_metrics_reads.pop(container_id, None))
+        # Shielded: one client going away must not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    async def _read_live_metrics(self, run_id: str, container_id: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        CONTAINER_FILE_READS.labels(file=METRICS_FILE).inc()
+        try:
+            capture = await read_container_file(
+                self.runtime,
+                container_id,
+                f"{META_PATH}/{METRICS_FILE}",
+                lambda size: BodyCapture(size, METRICS_HEAD_BYTES, METRICS_TAIL_BYTES),
+                max_bytes=METRICS_READ_BYTES,
+            )
+        except AdapterError:
+            capture = None  # not there yet, or already removed: the next look tells
+        body = await asyncio.to_thread(_render_live_metrics, run_id, capture)
+        now = loop.time()
+        ttl = max(LIVE_METRICS_MIN_SECONDS, LIVE_METRICS_COST_FACTOR * (now - started))
+        for stale in [key for key, entry in self._live_metrics.items() if entry.expires <= now]:
+            del self._live_metrics[stale]
+        self._live_metrics[container_id] = _LiveMetrics(body, now + ttl)
+        return body
 
     async def open_artifact(self, run: Run, key: str) -> AsyncIterator[bytes]:
         """One of the run's listed artifacts, streamed from the object store. Only keys the run
@@ -87,60 +174,39 @@ class RunResults:
         return _prepend(first, chunks)
 
     async def log_so_far(self, run: Run, stream: str) -> bytes:
-        """What the stream holds now: the stored log once the run ended, the wrapper's file
-        in the container while it runs, nothing before it starts."""
+        """What the stream holds now: the stored log once the run ended, the first
+        `max_log_bytes` of the wrapper's file in the container while it runs (the job may
+        have made that file any size), nothing before it starts."""
         if RunState(run.state).terminal:
             return await self.log(run, stream)
         if container_id := _live_container(run):
-            # The file itself is capped in the container.
-            cap = self.max_log_bytes + 1024 * 1024
-            return await self._from_container(container_id, f"{stream}.log", cap)
+            name = f"{stream}.log"
+            CONTAINER_FILE_READS.labels(file=name).inc()
+            try:
+                capture = await read_container_file(
+                    self.runtime,
+                    container_id,
+                    f"{META_PATH}/{name}",
+                    lambda size: BodyCapture(size, self.max_log_bytes),
+                    max_bytes=self.max_log_bytes + 64 * 1024,
+                )
+            except AdapterError:
+                return b""  # not there yet, or already removed: the next look tells
+            return capture.head if capture is not None else b""
         return b""
 
-    async def _from_container(self, container_id: str, name: str, cap: int) -> bytes:
-        """One of the wrapper's files in /workspace/.taskdeploy of a live container, reading
-        no more than about `cap` bytes of it."""
-        buffer = io.BytesIO()
-        try:
-            async for chunk in self.runtime.stream_archive(
-                container_id, f"/workspace/.taskdeploy/{name}"
-            ):
-                buffer.write(chunk)
-                if buffer.tell() > cap:
-                    break
-        except AdapterError:
-            return b""  # not there yet, or already removed: the next look tells
-        buffer.seek(0)
-        try:
-            with tarfile.open(fileobj=buffer) as tar:
-                member = next((m for m in tar if m.isreg()), None)
-                body = tar.extractfile(member) if member is not None else None
-                return body.read() if body is not None else b""
-        except (tarfile.TarError, EOFError):
-            return b""
 
-    async def follow(self, run_id: str, stream: str) -> AsyncIterator[bytes]:
-        """New bytes as the command writes them, until the run ends. Each follower reads at
-        its own pace: nothing is buffered for a slow one beyond one capped read."""
-        sent = 0
-        # Bounded like everything else: a follower of a run that never starts is let go after
-        # follow_max_seconds (it can follow again).
-        ends = asyncio.get_running_loop().time() + self.follow_max_seconds
-        while asyncio.get_running_loop().time() < ends:
-            async with self.sessionmaker() as session:
-                run = await RunRepository(session).get(run_id)
-            if run is None:
-                return
-            try:
-                data = await self.log_so_far(run, stream)
-            except NotFound:
-                data = b""
-            if len(data) > sent:
-                yield data[sent:]
-                sent = len(data)
-            if RunState(run.state).terminal:
-                return
-            await asyncio.sleep(self.poll_seconds)
+def _render_live_metrics(run_id: str, capture: BodyCapture | None) -> bytes:
+    """Blocking: parses what was read of metrics.tsv and renders the answer."""
+    if capture is None:
+        report = parse_metrics_tsv("")
+    else:
+        report, _ = read_metrics(
+            capture.head, capture.tail, size=capture.size, complete=capture.complete
+        )
+    doc = report.to_json()
+    answer = {"run_id": run_id, "source": doc["source"], "summary": doc["summary"]}
+    return json.dumps({**answer, "series": doc["series"], "live": True}).encode()
 
 
 def _live_container(run: Run) -> str | None:

@@ -8,15 +8,14 @@ import dataclasses
 import io
 import json
 import logging
-import tarfile
 import tempfile
 import time
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Literal, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -45,7 +44,7 @@ from app.services.environments import (
     EnvironmentImages,
     EnvironmentUnavailable,
 )
-from app.services.metrics import MetricsReport, parse_metrics_tsv
+from app.services.outputs import OutputPlan
 from app.services.runs import (
     log_name,
     output_name,
@@ -57,25 +56,21 @@ from app.services.runs import (
 from app.services.s3uri import parse_s3_uri, safe_relative_path
 from app.services.workspace import (
     ENTRYPOINT,
-    META_DIR,
-    OutputPlan,
-    TarHeaderScanner,
     WorkspaceTarWriter,
-    plan_outputs,
     write_workspace_skeleton,
 )
 from app.services.zipinputs import ZipRefused, copy_entry, plan_zip
+from app.workers import harvest
+from app.workers.harvest import Outcome
 from app.workers.watcher import ContainerWatcher
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["exited", "timed_out", "cancelled"]
 OUTCOMES = frozenset({"exited", "timed_out", "cancelled"})
 T = TypeVar("T")
 MANAGED_LABELS = ("taskdeploy.managed", "taskdeploy.instance", "taskdeploy.run_id")
 STOP_WAIT_SECONDS = 30.0
 STOP_GRACE_SECONDS = 5.0
-LISTING_BUDGET_SECONDS = 60.0
 MAX_KEY_BYTES = 1024  # S3's limit on an object key
 MAX_INPUT_PATH_BYTES = 4096
 CANCEL_POLL_SECONDS = 2.0
@@ -710,35 +705,58 @@ class RunExecutor:
             )
             artifacts.append({"key": key, "size": size})
 
-        logs, report, stopped = await self._harvest_meta(run, container_id, upload)
-        plan = await self._harvest_outputs(run, container_id, upload, where.prefix)
-        final, reason = self._verdict(outcome, exit_code, oom, plan)
-        if final == RunState.FAILED and not oom:
-            reason = "; ".join(filter(None, [reason, await self._disk_note(run, container_id)]))
+        meta = await harvest.harvest_meta(
+            self.runtime,
+            container_id,
+            log_limit=self.config.log_limit_bytes,
+            log_names={stream: log_name(run, stream) for stream in ("stdout", "stderr")},
+            upload=upload,
+        )
+        for note in meta.notes:
+            log.warning("run %s: %s", run.id, note)
+        with self._spool() as spool:
+            plan = await harvest.harvest_outputs(
+                self.runtime,
+                container_id,
+                spool,
+                max_files=self.config.max_output_files,
+                max_bytes=self.config.max_output_bytes,
+                max_key_bytes=MAX_KEY_BYTES - len(f"{where.prefix}output/".encode()),
+                reserved=reserved_output_paths(run),
+            )
+            for member in plan.files:
+                body = harvest.output_body(spool, member.offset, member.size)
+                await upload(output_name(run, member.path), body)
+        # The service's own observations only: a line the job wrote never decides. The engine
+        # reports every kill and stop it is asked for; the service's own stops end in
+        # timed_out or cancelled, so one seen for an exited run came from outside (docker
+        # stop/kill by hand), as does a stop by an engine restart (the event stream ended).
         engine_restarted = (
-            outcome == "exited"
-            and not oom
+            not oom
             and exit_code in (137, 143)
             and self.watcher.generation != self._started_generation.get(container_id)
         )
-        if outcome == "exited" and (stopped or engine_restarted):
-            # The wrapper was told to stop and the service did not ask: the engine restarted
-            # (it stops every container) or someone stopped the container by hand.
-            final = RunState.ERROR
-            reason = (
-                "the container was stopped from outside the service (Docker engine restart or "
-                f"docker stop) with exit code {exit_code}"
-            )
-        metrics_doc = {"run_id": run.id, **report.to_json()}
+        stopped_outside = outcome == "exited" and (
+            engine_restarted or container_id in self.watcher.kills_seen
+        )
+        final, reason = harvest.verdict(
+            outcome, exit_code, oom, plan, meta.notes, stopped_outside=stopped_outside
+        )
+        if final == RunState.FAILED and not oom:
+            reason = "; ".join(filter(None, [reason, await self._disk_note(run, container_id)]))
+        metrics_doc = {"run_id": run.id, **meta.report.to_json()}
         await upload("metrics.json", _json_file(metrics_doc), "application/json")
-        manifest = await self._manifest(run, final, reason, exit_code, oom, artifacts, plan, logs)
+        manifest = await self._manifest(
+            run, final, reason, exit_code, oom, artifacts, plan, meta.logs
+        )
+        manifest["harvest_notes"] = meta.notes
         await upload("run.json", _json_file(manifest), "application/json")
         values = {
             "exit_code": exit_code,
             "oom_killed": oom,
             "metrics": metrics_doc["summary"],
             "artifacts": artifacts,
-            "logs": logs,
+            "logs": meta.logs,
         }
         await self._db(
             lambda session: self._settle(
@@ -759,127 +777,6 @@ class RunExecutor:
         except AdapterError:
             return None
         return f"the job filled its disk limit of {cap // (1024 * 1024)} MiB (resources.disk_mb)"
-
-    @staticmethod
-    def _verdict(
-        outcome: Outcome, exit_code: int | None, oom: bool, plan: OutputPlan
-    ) -> tuple[RunState, str | None]:
-        notes = [plan.limit_reason] if plan.limit_reason else []
-        if plan.skipped_count:
-            notes.append(f"{plan.skipped_count} output entries were not uploaded (see run.json)")
-        if outcome == "cancelled":
-            return RunState.CANCELLED, "; ".join(["cancelled while running", *notes])
-        if outcome == "timed_out":
-            return RunState.TIMED_OUT, "; ".join(["killed at the time limit", *notes])
-        if oom:
-            return RunState.FAILED, "; ".join(["killed: out of memory", *notes])
-        if exit_code == 0:
-            return RunState.SUCCEEDED, "; ".join(notes) or None
-        return RunState.FAILED, "; ".join([f"exit code {exit_code}", *notes])
-
-    async def _download_archive(
-        self,
-        container_id: str,
-        path: str,
-        spool: IO[bytes],
-        cap: int,
-        scanner: TarHeaderScanner | None = None,
-    ) -> int:
-        """Streams a container path's tar into `spool`, keeping at most `cap` bytes. With a
-        `scanner`, the rest of the stream is read for its headers only (for at most
-        LISTING_BUDGET_SECONDS), so what was left out can be reported."""
-        written = 0
-        listing_ends: float | None = None
-        chunks: AsyncIterator[bytes] = self.runtime.stream_archive(container_id, path)
-        try:
-            async for chunk in chunks:
-                if scanner is not None:
-                    scanner.feed(chunk)
-                if written <= cap:
-                    spool.write(chunk)
-                    written += len(chunk)
-                    continue
-                if scanner is None or scanner.finished:
-                    break
-                listing_ends = listing_ends or time.monotonic() + LISTING_BUDGET_SECONDS
-                if time.monotonic() > listing_ends:
-                    break
-        finally:
-            with contextlib.suppress(Exception):
-                await chunks.aclose()  # type: ignore[attr-defined]
-        spool.seek(0)
-        return written
-
-    async def _harvest_meta(
-        self, run: Run, container_id: str, upload: Callable[..., Any]
-    ) -> tuple[dict[str, Any], MetricsReport, bool]:
-        """Logs and metrics the wrapper left in /workspace/.taskdeploy, and whether the
-        wrapper was sent a stop signal."""
-        cap = 2 * self.config.log_limit_bytes + 64 * 1024 * 1024
-        logs: dict[str, Any] = {}
-        metrics_text = ""
-        with self._spool() as spool:
-            try:
-                await self._download_archive(container_id, f"/workspace/{META_DIR}", spool, cap)
-                members = await asyncio.to_thread(_read_meta_members, spool)
-            except ContainerNotFound:
-                members = {}  # the command removed the folder: no logs, no metrics
-
-            for stream in ("stdout", "stderr"):
-                kept = members.get(f"{stream}.log", b"")
-                total = _parse_int(members.get(f"{stream}.total")) or len(kept)
-                truncated = total > len(kept)
-                body = kept
-                if truncated:
-                    body += (
-                        f"\n[taskdeploy: {stream} truncated: kept the first {len(kept)} of "
-                        f"{total} bytes]\n"
-                    ).encode()
-                await upload(log_name(run, stream), _bytes_file(body), "text/plain; charset=utf-8")
-                logs[stream] = {"bytes": total, "kept_bytes": len(kept), "truncated": truncated}
-            metrics_text = members.get("metrics.tsv", b"").decode(errors="replace")
-        stopped = "\nstopped\n" in f"\n{metrics_text}"
-        return logs, parse_metrics_tsv(metrics_text), stopped
-
-    async def _harvest_outputs(
-        self, run: Run, container_id: str, upload: Callable[..., Any], prefix: str
-    ) -> OutputPlan:
-        cap = self.config.max_output_bytes + 64 * 1024 * 1024
-        scanner = TarHeaderScanner()
-        with self._spool() as spool:
-            try:
-                available = await self._download_archive(
-                    container_id, "/workspace/output", spool, cap, scanner
-                )
-            except ContainerNotFound as exc:
-                plan = OutputPlan()
-                plan.limit_reason = f"output folder could not be read: {exc}"
-                return plan
-            tar = tarfile.open(fileobj=spool, mode="r:")  # noqa: SIM115 - closed below
-            try:
-                plan = await asyncio.to_thread(
-                    plan_outputs,
-                    tar,
-                    root="output",
-                    max_files=self.config.max_output_files,
-                    max_bytes=self.config.max_output_bytes,
-                    available=available,
-                    max_key_bytes=MAX_KEY_BYTES - len(f"{prefix}output/".encode()),
-                    beyond=scanner.entries,
-                    reserved=reserved_output_paths(run),
-                )
-                if available > cap and not scanner.finished:
-                    plan.limit_reason = (
-                        f"{plan.limit_reason}; the listing of what was left out is incomplete"
-                    )
-                for info, member in plan.files:
-                    body = tar.extractfile(info)
-                    if body is None:
-                        continue
-                    await upload(output_name(run, member.path), body)
-            finally:
-                tar.close()
-        return plan
 
     async def _manifest(
         self,
@@ -931,32 +828,6 @@ def _json_file(doc: dict[str, Any]) -> BinaryIO:
 
 def _bytes_file(data: bytes) -> BinaryIO:
     return io.BytesIO(data)
-
-
-def _parse_int(raw: bytes | None) -> int | None:
-    try:
-        return int(raw.strip()) if raw else None
-    except ValueError:
-        return None
-
-
-META_FILES = {"stdout.log", "stderr.log", "stdout.total", "stderr.total", "metrics.tsv"}
-
-
-def _read_meta_members(spool: IO[bytes]) -> dict[str, bytes]:
-    """The wrapper's files from the .taskdeploy archive (bounded: the logs are capped in-container)."""
-    found: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=spool, mode="r:") as tar:
-            for info in tar:
-                name = info.name.rsplit("/", 1)[-1]
-                if name in META_FILES and info.isreg() and info.name.count("/") == 1:
-                    body = tar.extractfile(info)
-                    if body is not None:
-                        found[name] = body.read()
-    except (tarfile.ReadError, EOFError):
-        pass  # a truncated archive: keep what was read
-    return found
 
 
 def _unpack_zip(

@@ -14,7 +14,14 @@ log = logging.getLogger(__name__)
 
 
 class ContainerWatcher(LoopService):
-    """Consumes `die`/`oom` events; the stream is reopened (after `interval`) whenever it ends."""
+    """Consumes `die`/`oom`/`kill` events; the stream is reopened (after `interval`) whenever
+    it ends.
+
+    `kill` is how the engine reports every signal it was asked to send (`docker kill`, and
+    `docker stop` or an engine shutdown stopping a container). Only the engine can emit it, so
+    unlike anything written inside the container it tells a stop the job did not make; which
+    of them the service sent itself the executor knows (its own stops end the run in
+    timed_out or cancelled)."""
 
     name = "watcher"
 
@@ -24,6 +31,7 @@ class ContainerWatcher(LoopService):
         self.labels = labels
         self._waiters: dict[str, asyncio.Future[ContainerEvent]] = {}
         self.oom_seen: set[str] = set()
+        self.kills_seen: set[str] = set()  # watched containers the engine was told to signal
         self.generation = 0  # how many times the events stream ended (an engine restart ends it)
 
     def expect(self, container_id: str) -> asyncio.Future[ContainerEvent]:
@@ -39,6 +47,7 @@ class ContainerWatcher(LoopService):
         if future is not None and not future.done():
             future.cancel()
         self.oom_seen.discard(container_id)
+        self.kills_seen.discard(container_id)
 
     async def run_once(self) -> None:
         events = self.runtime.events(self.labels)
@@ -47,6 +56,9 @@ class ContainerWatcher(LoopService):
                 self.last_tick = time.monotonic()
                 if event.action == "oom":
                     self.oom_seen.add(event.container_id)
+                elif event.action == "kill":
+                    if event.container_id in self._waiters:  # only watched ones: bounded
+                        self.kills_seen.add(event.container_id)
                 elif event.action == "die":
                     future = self._waiters.get(event.container_id)
                     if future is not None and not future.done():

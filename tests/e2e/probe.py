@@ -16,11 +16,13 @@ the RSS at the start.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -73,9 +75,12 @@ class ProbeReport:
     failures: list[str] = field(default_factory=list)  # non-200 answers and transport errors
     lag_p99: float = 0.0
     lag_observations: int = 0
+    lag_over: dict[str, int] = field(default_factory=dict)  # observations past each bound
     rss_start: int = 0
     rss_peak: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # the service's own CPU time (user + system) during the block
+    host_load: float = 0.0  # the host's 1-minute load average at the end: other work's share
 
     @property
     def worst_latency(self) -> float:
@@ -89,9 +94,11 @@ class ProbeReport:
         return (
             f"probe [{label}]: {len(self.latencies)} requests to {self.path} in "
             f"{self.seconds:.1f} s, worst {self.worst_latency * 1000:.0f} ms; event-loop lag "
-            f"p99 {self.lag_p99 * 1000:.1f} ms over {self.lag_observations} observations; "
+            f"p99 {self.lag_p99 * 1000:.1f} ms over {self.lag_observations} observations "
+            f"{self.lag_over}; "
             f"RSS {self.rss_start / MiB:.0f} MiB -> peak {self.rss_peak / MiB:.0f} MiB "
-            f"(+{self.rss_growth / MiB:.1f} MiB)"
+            f"(+{self.rss_growth / MiB:.1f} MiB); service CPU {self.cpu_seconds:.1f} s; host "
+            f"load {self.host_load:.1f} on {os.cpu_count()} CPUs"
         )
 
     def check(self, *, max_latency: float = 1.0, max_lag_p99: float = 0.1) -> None:
@@ -104,6 +111,12 @@ class ProbeReport:
         assert not slow, f"probe requests over {max_latency} s: {slow}"
         assert self.lag_observations >= 4, f"only {self.lag_observations} lag observations"
         assert self.lag_p99 < max_lag_p99, f"event-loop lag p99 {self.lag_p99 * 1000:.0f} ms"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system time of a process, from /proc/PID/stat (fields after the name)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _scrape_lag(client: httpx.Client) -> dict[float, float]:
@@ -138,6 +151,7 @@ async def probe(
         before = _scrape_lag(client)
         service.reset_peak_rss()
         report.rss_start = service.rss_bytes()
+        cpu_start = _cpu_seconds(service.pid)
         began = time.monotonic()
         worker = threading.Thread(target=hit, name="probe", daemon=True)
         worker.start()
@@ -148,8 +162,14 @@ async def probe(
             worker.join(timeout + 5)
             report.seconds = time.monotonic() - began
             report.rss_peak = service.peak_rss_bytes()
+            report.cpu_seconds = _cpu_seconds(service.pid) - cpu_start
+            report.host_load = os.getloadavg()[0]
         after = _scrape_lag(client)
         report.lag_p99 = histogram_quantile(0.99, before, after)
         report.lag_observations = int(after[math.inf] - before.get(math.inf, 0.0))
+        for bound in sorted(after)[:-1]:
+            over = report.lag_observations - int(after[bound] - before.get(bound, 0.0))
+            if over:
+                report.lag_over[f">{bound * 1000:g}ms"] = over
     finally:
         client.close()

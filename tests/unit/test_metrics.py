@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from app.services.metrics import (
@@ -11,6 +13,7 @@ from app.services.metrics import (
     MetricsReport,
     MetricsSample,
     parse_metrics_tsv,
+    read_metrics,
     report_from_stats,
 )
 
@@ -326,3 +329,84 @@ def test_no_docker_stats_means_no_source() -> None:
 
     assert report.source == SOURCE_NONE
     assert report.summary.samples == 0
+
+
+# --------------------------------------------------------------------------- caps on a hostile file
+def sample_lines(count: int, start: float = 100.0) -> list[str]:
+    """`count` one-second samples using half a CPU and growing memory."""
+    return [f"s {start + i:.2f} {i * SEC // 2} {MiB + i}" for i in range(count)]
+
+
+def test_a_short_file_is_read_whole_and_its_series_kept_as_is() -> None:
+    text = tsv("start 100.00 0", *sample_lines(50), "f 150.00 25000000000 99", "exit 0")
+    head = text.encode()
+    report, notes = read_metrics(head, b"", size=len(head), complete=True)
+    assert notes == []
+    assert report == parse_metrics_tsv(text)
+    assert report.summary.samples == 50 and len(report.series) == 50
+
+
+def test_head_and_tail_of_a_long_file_give_the_start_and_the_exact_end() -> None:
+    text = tsv("start 100.00 0", *sample_lines(100_000), "f 100100.00 50000000000000 7", "exit 3")
+    data = text.encode()
+    head, tail = data[: 64 * 1024], data[-64 * 1024 :]
+    report, notes = read_metrics(head, tail, size=len(data), complete=True, parsed_lines=500)
+    assert notes == [f"metrics.tsv is {len(data)} bytes: kept its first 65536 and last 65536 bytes"]
+    assert report.exit_code == 3
+    s = report.summary
+    # The start line and the final line bound the run: CPU time and wall time are exact.
+    assert s.wall_seconds == pytest.approx(100_000.0)
+    assert s.cpu_seconds == pytest.approx(50_000.0)
+    assert s.peak_memory_bytes == MiB + 99_999
+    # At most 500 lines of each part were parsed, spread over it.
+    assert s.samples <= 1000
+    assert report.series[0].t == 0.0 and report.series[-1].t > 99_000
+
+
+def test_a_file_larger_than_the_read_cap_keeps_its_head_with_a_note() -> None:
+    data = tsv("start 100.00 0", *sample_lines(5000)).encode()
+    report, notes = read_metrics(data[:4096], b"", size=10**9, complete=False)
+    assert "larger than the read cap" in notes[0]
+    assert 0 < report.summary.samples < 5000
+    assert report.exit_code is None
+
+
+def test_millions_of_tiny_junk_lines_parse_in_bounded_work() -> None:
+    junk = b"x\n" * 1_000_000 + tsv("exit 0").encode()
+    started = time.process_time()
+    report, _ = read_metrics(junk[: 2 * MiB], junk[-2 * MiB :], size=len(junk), complete=True)
+    assert time.process_time() - started < 1.0  # a few ms here: only ~5000 lines are looked at
+    assert report.source == SOURCE_NONE and report.exit_code == 0
+
+
+def test_numbers_too_long_for_a_counter_are_ignored_not_raised() -> None:
+    digits = "9" * 5000  # int() refuses to parse this many
+    text = tsv(
+        "start 100.00 0",
+        f"s 101.00 {digits} 1",
+        f"s 1{digits} 1 1",
+        f"exit {digits}",
+        "s 102.00 1000000000 5",
+        "exit 0",
+    )
+    report = parse_metrics_tsv(text)
+    assert report.exit_code == 0
+    assert [s.memory_bytes for s in report.series] == [5]
+
+
+def test_the_series_is_downsampled_to_the_cap_with_average_rates_and_peak_memory() -> None:
+    # 2000 one-second samples: a full CPU in the first half, none in the second; one memory
+    # spike in the middle.
+    lines = ["start 0.00 0"]
+    cpu = 0
+    for i in range(1, 2001):
+        cpu += SEC if i <= 1000 else 0
+        memory = 10 * MiB if i == 1500 else MiB
+        lines.append(f"s {i:.2f} {cpu} {memory}")
+    report = parse_metrics_tsv(tsv(*lines), max_points=100)
+    assert len(report.series) == 100
+    assert report.summary.samples == 2000
+    assert max(s.memory_bytes for s in report.series) == 10 * MiB  # the spike is kept
+    rates = [round(s.cpu_percent) for s in report.series[1:]]
+    assert set(rates[:49]) == {100} and set(rates[-49:]) == {0}
+    assert report.series[-1].t == 2000.0
