@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,26 +44,59 @@ async def created_databases(postgres_url: str) -> AsyncIterator[list[str]]:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-def service_factory(e2e_tmp: Path, created_databases: list[str]) -> Iterator[Any]:
-    """Starts extra services with their own settings; all are stopped at the end."""
-    started: list[Service] = []
+class ServiceSet:
+    """Services started for one scope; `close` stops them and removes what they left."""
 
-    def factory(env: dict[str, str]) -> Service:
-        service = start_service(e2e_tmp, env)
-        started.append(service)
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Service] = []
+
+    def __call__(self, env: dict[str, str]) -> Service:
+        service = start_service(self.tmp, env)
+        self.started.append(service)
         return service
 
-    yield factory
-    for service in started:
-        service.stop()
-        # A stopped service leaves running containers for its next start to adopt; the suite
-        # has no next start, so it removes what its services left.
-        leftovers = docker_ids(
-            "ps", "-aq", "--filter", f"label=taskdeploy.instance={service.instance_id}"
-        )
-        if leftovers:
-            docker_ids("rm", "-f", "-v", *leftovers)
+    def close(self) -> None:
+        while self.started:
+            service = self.started.pop()
+            service.stop()
+            # A stopped service leaves running containers for its next start to adopt; the
+            # suite has no next start, so it removes what its services left.
+            leftovers = docker_ids(
+                "ps", "-aq", "--filter", f"label=taskdeploy.instance={service.instance_id}"
+            )
+            if leftovers:
+                done = subprocess.run(
+                    ["docker", "rm", "-f", "-v", *leftovers], capture_output=True, text=True
+                )
+                # One may have gone meanwhile (its engine-side removal was under way).
+                gone = all("No such container" in line for line in done.stderr.splitlines())
+                assert done.returncode == 0 or gone, done.stderr
+
+
+@pytest.fixture(scope="session")
+def session_services(e2e_tmp: Path, created_databases: list[str]) -> Iterator[ServiceSet]:
+    """The services every module shares (pg_service, sqlite_service)."""
+    services = ServiceSet(e2e_tmp)
+    yield services
+    services.close()
+
+
+@pytest.fixture(scope="module")
+def module_services(e2e_tmp: Path, created_databases: list[str]) -> Iterator[ServiceSet]:
+    """Services a module's fixtures start; stopped when the module ends, so idle services and
+    their database pools do not pile up over the suite."""
+    services = ServiceSet(e2e_tmp)
+    yield services
+    services.close()
+
+
+@pytest.fixture
+def service_factory(e2e_tmp: Path, created_databases: list[str]) -> Iterator[ServiceSet]:
+    """Services one test starts with its own settings; stopped when the test ends."""
+    services = ServiceSet(e2e_tmp)
+    yield services
+    services.close()
 
 
 @pytest.fixture
@@ -76,18 +110,18 @@ async def pg_database(postgres_url: str, created_databases: list[str]) -> str:
 
 @pytest.fixture(scope="session")
 async def pg_service(
-    service_factory: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
+    session_services: ServiceSet, postgres_url: str, s3_endpoint: str, created_databases: list[str]
 ) -> Service:
     """The main configuration: PostgreSQL + S3 (moto) + Docker, on a database of its own."""
     database = await create_database(postgres_url)
     created_databases.append(database)
-    return service_factory(pg_s3_env(database, s3_endpoint))  # type: ignore[no-any-return]
+    return session_services(pg_s3_env(database, s3_endpoint))
 
 
 @pytest.fixture(scope="session")
-def sqlite_service(service_factory: Any) -> Service:
+def sqlite_service(session_services: ServiceSet) -> Service:
     """The embedded defaults: SQLite + a local-directory object store."""
-    return service_factory({})  # type: ignore[no-any-return]
+    return session_services({})
 
 
 @pytest.fixture

@@ -175,9 +175,21 @@ async def wait_for_state(
 async def run_to_end(
     client: httpx.AsyncClient, body: dict[str, Any], deadline_s: float = 180
 ) -> dict[str, Any]:
+    """Submits a run and waits for its end; then its container must go, too (the service
+    removes it right after recording the end)."""
     resp = await client.post("/v1/runs", json=body)
     assert resp.status_code == 202, resp.text
-    return await wait_for_state(client, resp.json()["id"], TERMINAL, deadline_s)
+    run = await wait_for_state(client, resp.json()["id"], TERMINAL, deadline_s)
+    await containers_gone(run["id"])
+    return run
+
+
+async def containers_gone(run_id: str, deadline_s: float = 30) -> None:
+    """Waits until the engine holds no container of the run; fails at the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while left := docker_ids("ps", "-aq", "--filter", f"label=taskdeploy.run_id={run_id}"):
+        assert time.monotonic() < deadline, f"run {run_id} left containers {left}"
+        await asyncio.sleep(0.2)
 
 
 def make_run(output: str, **overrides: Any) -> dict[str, Any]:

@@ -29,12 +29,12 @@ def as_(service: Service, token: str | None) -> httpx.AsyncClient:
 
 
 @pytest.fixture(scope="module")
-async def secured(service_factory: Any, postgres_url: str, s3_endpoint: str) -> Service:
+async def secured(module_services: Any, postgres_url: str, s3_endpoint: str) -> Service:
     database = await create_database(postgres_url)
     env = pg_s3_env(database, s3_endpoint)
     env["TASKDEPLOY_ALLOWED_BUCKETS"] = "shared-bucket,alice-bucket"
     env["TASKDEPLOY_ALLOWED_BUCKETS_BY_OWNER"] = '{"bob": ["shared-bucket"]}'
-    return service_factory(env)  # type: ignore[no-any-return]
+    return module_services(env)  # type: ignore[no-any-return]
 
 
 async def test_keys_owners_and_isolation(secured: Service, s3_client: Any) -> None:

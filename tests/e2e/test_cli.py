@@ -189,10 +189,10 @@ def test_errors_exit_2_for_refused_requests_and_3_for_an_unreachable_server(
 
 
 @pytest.fixture(scope="module")
-async def keyed_service(service_factory: Any, postgres_url: str, s3_endpoint: str) -> Service:
+async def keyed_service(module_services: Any, postgres_url: str, s3_endpoint: str) -> Service:
     """A service of its own: creating a key turns authentication on for every caller."""
     database = await create_database(postgres_url)
-    return service_factory(pg_s3_env(database, s3_endpoint))  # type: ignore[no-any-return]
+    return module_services(pg_s3_env(database, s3_endpoint))  # type: ignore[no-any-return]
 
 
 def test_token_from_the_environment_or_the_option(keyed_service: Service) -> None:

@@ -48,12 +48,12 @@ UI_WAIT_MS = 90_000
 
 
 @pytest.fixture(scope="module")
-async def dash(service_factory: Any, postgres_url: str, s3_endpoint: str) -> Service:
+async def dash(module_services: Any, postgres_url: str, s3_endpoint: str) -> Service:
     database = await create_database(postgres_url)
     env = pg_s3_env(database, s3_endpoint)
     env["TASKDEPLOY_METRICS_INTERVAL_SECONDS"] = "0.5"
     env["TASKDEPLOY_ALLOWED_BUCKETS"] = "*"  # keys exist; each test uses a fresh bucket
-    return service_factory(env)  # type: ignore[no-any-return]
+    return module_services(env)  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,7 @@ async def wait_until_container_removed(run_id: str, deadline_s: float = 30) -> N
 
 
 # --------------------------------------------------------------------------- 1. fork bomb
+@pytest.mark.serial  # asserts latency (or free space): not beside other tests
 async def test_fork_bomb_is_held_at_the_pids_limit_and_the_api_stays_responsive(
     service_factory: Any, pg_database: str, s3_endpoint: str, bucket: str
 ) -> None:
@@ -219,11 +220,11 @@ OUTPUT_CAPS = {"TASKDEPLOY_MAX_OUTPUT_FILES": "200", "TASKDEPLOY_MAX_OUTPUT_BYTE
 
 @pytest.fixture(scope="module")
 async def capped_service(
-    service_factory: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
+    module_services: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
 ) -> Service:
     database = await create_database(postgres_url)
     created_databases.append(database)
-    return dedicated_service(service_factory, database, s3_endpoint, OUTPUT_CAPS)
+    return dedicated_service(module_services, database, s3_endpoint, OUTPUT_CAPS)
 
 
 async def test_thousand_output_files_upload_the_first_two_hundred_and_list_the_rest(

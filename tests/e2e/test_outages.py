@@ -144,6 +144,7 @@ async def test_postgres_restarted_mid_run(
 DOCKERD_PIDFILE = Path("/var/run/taskdeploy-dockerd.pid")
 
 
+@pytest.mark.serial  # restarts the engine every other test uses
 async def test_docker_engine_restarted_mid_run(client: httpx.AsyncClient, bucket: str) -> None:
     """The engine stops every container when it restarts: the run must not claim success."""
     if not DOCKERD_PIDFILE.exists():

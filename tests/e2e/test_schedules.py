@@ -182,7 +182,7 @@ async def test_bad_schedule_is_422_naming_the_field(
 async def test_three_replicas_fire_each_time_exactly_once(
     service_factory: Any, postgres_url: str, s3_endpoint: str
 ) -> None:
-    """50 schedules firing every second for 60 s on three service processes sharing one
+    """50 schedules firing every second for 30 s on three service processes sharing one
     PostgreSQL: exactly one run per (schedule, fire time), no duplicate, no gap."""
     database = await create_database(postgres_url)
     env = {**pg_s3_env(database, s3_endpoint), "TASKDEPLOY_DISPATCHER_ENABLED": "false"}
@@ -196,7 +196,7 @@ async def test_three_replicas_fire_each_time_exactly_once(
             assert resp.status_code == 201, resp.text
             ids.append(resp.json()["id"])
         started = time.monotonic()
-        while time.monotonic() - started < 60:
+        while time.monotonic() - started < 30:
             await asyncio.sleep(1)
         for schedule_id in ids:
             assert (await client.post(f"/v1/schedules/{schedule_id}/pause")).status_code == 200
@@ -216,4 +216,4 @@ async def test_three_replicas_fire_each_time_exactly_once(
         assert len(times) == len(set(times)), f"duplicate fire for {schedule_id}"
         span = int((times[-1] - times[0]).total_seconds()) + 1
         assert len(times) == span, f"gap in the fires of {schedule_id}"
-        assert len(times) >= 55, (schedule_id, len(times))
+        assert len(times) >= 27, (schedule_id, len(times))

@@ -54,11 +54,11 @@ def host_fs_of_the_data_root() -> str:
 
 
 @pytest.fixture(scope="module")
-async def disk_service(service_factory: Any, postgres_url: str, s3_endpoint: str) -> Service:
+async def disk_service(module_services: Any, postgres_url: str, s3_endpoint: str) -> Service:
     from tests.e2e.harness import create_database
 
     database = await create_database(postgres_url)
-    return service_factory(  # type: ignore[no-any-return]
+    return module_services(  # type: ignore[no-any-return]
         {
             **pg_s3_env(database, s3_endpoint),
             "TASKDEPLOY_DEFAULT_DISK_MB": "64",
@@ -77,6 +77,7 @@ async def _eventually(check: Any, what: str, deadline_s: float = 60) -> None:
 
 
 # --------------------------------------------------------------------------- disk
+@pytest.mark.serial  # asserts latency (or free space): not beside other tests
 async def test_an_endless_dd_stops_at_the_runs_disk_cap_and_the_run_says_so(
     disk_service: Service, s3_client: Any, bucket: str
 ) -> None:

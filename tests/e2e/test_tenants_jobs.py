@@ -64,14 +64,14 @@ async def dedicated(
 
 @pytest.fixture(scope="module")
 async def jobs_service(
-    service_factory: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
+    module_services: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
 ) -> Service:
     """One service for the hostile runs, with a small log cap and output file cap."""
     settings = {
         "TASKDEPLOY_LOG_LIMIT_BYTES": str(LOG_LIMIT),
         "TASKDEPLOY_MAX_OUTPUT_FILES": str(MAX_OUTPUT_FILES),
     }
-    return await dedicated(service_factory, postgres_url, s3_endpoint, created_databases, settings)
+    return await dedicated(module_services, postgres_url, s3_endpoint, created_databases, settings)
 
 
 @asynccontextmanager
@@ -124,6 +124,7 @@ def manifest_of(s3: Any, bucket: str, run: dict[str, Any]) -> Any:
 
 
 # --------------------------------------------------------------------------- metrics.tsv
+@pytest.mark.serial  # asserts latency (or free space): not beside other tests
 async def test_a_million_line_metrics_file_is_harvested_within_the_caps(
     jobs_service: Service, s3_client: Any, bucket: str
 ) -> None:
@@ -145,6 +146,7 @@ async def test_a_million_line_metrics_file_is_harvested_within_the_caps(
     assert report.rss_growth < RSS_BOUND, report.summary("RSS")
 
 
+@pytest.mark.serial  # asserts latency (or free space): not beside other tests
 async def test_live_metrics_of_a_million_line_file_hammered_while_it_runs(
     jobs_service: Service, bucket: str
 ) -> None:
@@ -184,6 +186,7 @@ async def test_live_metrics_of_a_million_line_file_hammered_while_it_runs(
 
 
 # --------------------------------------------------------------------------- output folder
+@pytest.mark.serial  # asserts latency (or free space): not beside other tests
 async def test_two_hundred_thousand_empty_output_files_stay_within_the_caps(
     jobs_service: Service, s3_client: Any, bucket: str
 ) -> None:
@@ -207,6 +210,7 @@ async def test_two_hundred_thousand_empty_output_files_stay_within_the_caps(
 
 
 # --------------------------------------------------------------------------- the verdict
+@pytest.mark.serial  # asserts latency (or free space): not beside other tests
 async def test_forged_control_lines_do_not_change_the_verdict(
     jobs_service: Service, s3_client: Any, bucket: str
 ) -> None:
@@ -260,6 +264,7 @@ async def test_a_docker_stop_by_hand_is_seen_by_the_engine_and_ends_in_error(
 
 
 # --------------------------------------------------------------------------- the logs
+@pytest.mark.serial  # asserts latency (or free space): not beside other tests
 async def test_a_job_rewriting_its_stdout_log_past_the_cap_keeps_logs_readable(
     jobs_service: Service, bucket: str
 ) -> None:
@@ -389,10 +394,10 @@ TICKING = "for i in $(seq 1 40); do echo line-$i; sleep 0.5; done"
 
 @pytest.fixture(scope="module")
 async def followers_service(
-    service_factory: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
+    module_services: Any, postgres_url: str, s3_endpoint: str, created_databases: list[str]
 ) -> Service:
     return await dedicated(
-        service_factory, postgres_url, s3_endpoint, created_databases, FOLLOWER_LIMITS
+        module_services, postgres_url, s3_endpoint, created_databases, FOLLOWER_LIMITS
     )
 
 

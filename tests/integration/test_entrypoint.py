@@ -258,6 +258,7 @@ def test_a_dd_without_count_bytes_switches_to_the_tee_split() -> None:
 
 
 # --------------------------------------------------------------------------- metrics
+@pytest.mark.serial  # needs a CPU to itself for 3 s
 @each_image
 def test_a_cpu_burning_command_is_sampled_as_busy(image: str) -> None:
     command = "sh -c 'while :; do :; done' & sleep 3; kill $!"
