@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -132,20 +133,23 @@ async def client(pg_service: Service) -> AsyncIterator[httpx.AsyncClient]:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The fault suite's figures: kills survived, recovery time after the restart."""
-    from tests.e2e.test_crash_safety import FAULT_SUMMARY
+    from tests.e2e.test_crash_safety import fault_log
 
-    if not FAULT_SUMMARY:
+    log = fault_log()
+    if not log.exists():
         return
-    survived = [case for case in FAULT_SUMMARY if case["ok"]]
+    cases = [json.loads(line) for line in log.read_text().splitlines()]
+    log.unlink()
+    survived = [case for case in cases if case["ok"]]
     times = sorted(case["recovery_seconds"] for case in survived if "recovery_seconds" in case)
     write = terminalreporter.write_line
     write("")
     write("fault suite: SIGKILL of the service, then a restart")
-    for case in FAULT_SUMMARY:
+    for case in cases:
         seconds = case.get("recovery_seconds")
         shown = f"{seconds:6.1f} s" if seconds is not None else "     -  "
         write(f"  {case['case']:<32} {'survived' if case['ok'] else 'FAILED'}  recovery {shown}")
-    write(f"  kills survived: {len(survived)}/{len(FAULT_SUMMARY)}")
+    write(f"  kills survived: {len(survived)}/{len(cases)}")
     if times:
         p50 = times[len(times) // 2]
         p99 = times[min(len(times) - 1, int(len(times) * 0.99))]

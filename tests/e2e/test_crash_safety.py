@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import os
 import signal
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -33,8 +36,14 @@ FAST_RECOVERY = {
     "TASKDEPLOY_RECONCILE_INTERVAL_SECONDS": "1",
 }
 BIG = 64 * 1000 * 1000
-# One entry per kill: printed as the fault suite's summary (tests/e2e/conftest.py).
-FAULT_SUMMARY: list[dict[str, Any]] = []
+
+
+def fault_log() -> Path:
+    """One JSON line per kill, printed as the fault suite's summary (tests/e2e/conftest.py).
+    A file, so that the summary sees the kills of every xdist worker: it is named after the
+    process that prints the summary (the workers' parent, or pytest itself)."""
+    printer = os.getppid() if os.environ.get("PYTEST_XDIST_WORKER") else os.getpid()
+    return Path(tempfile.gettempdir()) / f"taskdeploy-faults-{printer}.jsonl"
 
 
 class Objects:
@@ -184,7 +193,6 @@ async def test_sigkill_in_each_phase_loses_nothing(
     restart_began = time.monotonic()
     restarted = await asyncio.to_thread(launch_service, env)
     outcome = {"case": f"{phase} ({'sqlite' if objects.root else 'postgresql'})", "ok": False}
-    FAULT_SUMMARY.append(outcome)
     try:
         async with httpx.AsyncClient(base_url=restarted.base_url, timeout=30) as client:
             run = await wait_for_state(client, run_id, TERMINAL, 300)
@@ -215,6 +223,8 @@ async def test_sigkill_in_each_phase_loses_nothing(
         outcome["ok"] = True
     finally:
         restarted.stop()
+        with fault_log().open("a") as log:
+            log.write(json.dumps(outcome) + "\n")
 
 
 def _state_via_new_process(service: Service, run_id: str) -> str:
