@@ -35,7 +35,7 @@ from app.bodylimit import BodyLimitMiddleware
 from app.config import MiB, Settings
 from app.crosssite import CrossSiteGuard, SitePolicy
 from app.db import create_engine, create_sessionmaker
-from app.errors import install_error_handlers
+from app.exception_handlers import install_error_handlers
 from app.observability import measure_loop_lag
 from app.repositories import ApiKeyRepository
 from app.routers import health, legacy, runs, schedules, ui, webhooks

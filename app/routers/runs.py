@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, SessionDep
-from app.errors import ERROR_RESPONSES
+from app.exception_handlers import ERROR_RESPONSES
 from app.models import RunState
 from app.presenters import present_run
 from app.repositories import RunRepository

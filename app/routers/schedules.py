@@ -13,7 +13,7 @@ from app.deps import (
     ScheduleServiceDep,
     SessionDep,
 )
-from app.errors import ERROR_RESPONSES
+from app.exception_handlers import ERROR_RESPONSES
 from app.models import Schedule
 from app.presenters import present_run
 from app.repositories import RunRepository, ScheduleRepository

@@ -7,7 +7,7 @@ from datetime import timedelta
 from fastapi import APIRouter
 
 from app.deps import ContextDep, CurrentPrincipal, SessionDep
-from app.errors import ERROR_RESPONSES
+from app.exception_handlers import ERROR_RESPONSES
 from app.models import WebhookSigningSecret
 from app.schemas import WebhookSecretOut, WebhookSecretRotate
 from app.services.webhooks import SigningSecrets
