@@ -236,7 +236,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """List keys, one a line: id, token prefix, owner, role, status (never the tokens)."""
-    from app.repositories import ApiKeyRepository
+    from app.repositories.keys import ApiKeyRepository
 
     async def work(session: AsyncSession) -> int:
         for key in await ApiKeyRepository(session).all():
@@ -251,7 +251,7 @@ def keys_list() -> None:
 @keys_app.command("revoke")
 def keys_revoke(key_id: Annotated[str, typer.Argument(help="the key's id (keys list)")]) -> None:
     """Revoke a key by id; requests with it are refused at once."""
-    from app.repositories import ApiKeyRepository
+    from app.repositories.keys import ApiKeyRepository
 
     async def work(session: AsyncSession) -> int:
         if not await ApiKeyRepository(session).revoke(key_id):

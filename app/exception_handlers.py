@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AppError, TooManyRequests, Unauthorized, error_body, validation_details
-from app.repositories import InvalidCursor
+from app.repositories.paging import InvalidCursor
 from app.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)

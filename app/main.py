@@ -37,7 +37,7 @@ from app.crosssite import CrossSiteGuard, SitePolicy
 from app.db import create_engine, create_sessionmaker
 from app.exception_handlers import install_error_handlers
 from app.observability import measure_loop_lag
-from app.repositories import ApiKeyRepository
+from app.repositories.keys import ApiKeyRepository
 from app.routers import health, legacy, runs, schedules, ui, webhooks
 from app.services.auth import is_loopback, keys_required
 from app.services.environments import EnvironmentImages

@@ -15,7 +15,8 @@ from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, S
 from app.exception_handlers import ERROR_RESPONSES
 from app.models import RunState
 from app.presenters import present_run
-from app.repositories import RunRepository
+from app.repositories.runs import RunRepository
+from app.repositories.webhooks import WebhookRepository
 from app.schemas import (
     ErrorResponse,
     Page,
@@ -26,7 +27,6 @@ from app.schemas import (
     WebhookAttemptOut,
     WebhookDeliveryOut,
 )
-from app.webhook_repository import WebhookRepository
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
 

@@ -16,7 +16,8 @@ from app.deps import (
 from app.exception_handlers import ERROR_RESPONSES
 from app.models import Schedule
 from app.presenters import present_run
-from app.repositories import RunRepository, ScheduleRepository
+from app.repositories.runs import RunRepository
+from app.repositories.schedules import ScheduleRepository
 from app.schemas import (
     Page,
     RunOut,

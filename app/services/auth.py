@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.models import ApiKey
-from app.repositories import ApiKeyRepository
+from app.repositories.keys import ApiKeyRepository
 
 TOKEN_PREFIX = "td_"
 LOCAL_OWNER = "local"

@@ -15,7 +15,7 @@ from app.db import utcnow
 from app.errors import AppError, InvalidRequest, NotFound
 from app.models import ConcurrencyPolicy, Run, RunState, Schedule
 from app.observability import SCHEDULER_LATENESS
-from app.repositories import ScheduleRepository
+from app.repositories.schedules import ScheduleRepository
 from app.schemas import RunCreate, ScheduleCreate, ScheduleUpdate
 from app.services.cron import (
     CronError,
