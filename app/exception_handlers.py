@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import AppError, TooManyRequests, Unauthorized, error_body, validation_details
 from app.repositories.paging import InvalidCursor
-from app.schemas import ErrorResponse
+from app.schemas.common import ErrorResponse
 
 log = logging.getLogger(__name__)
 

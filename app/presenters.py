@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.models import Run, RunState
-from app.schemas import MetricsSummaryOut, ResourcesOut, RunLinks, RunOut
+from app.schemas.runs import MetricsSummaryOut, ResourcesOut, RunLinks, RunOut
 
 
 def unscoped_idempotency_key(stored: str | None) -> str | None:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ContextDep
-from app.schemas import HealthOut
+from app.schemas.common import HealthOut
 
 router = APIRouter(tags=["health"])
 

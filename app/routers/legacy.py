@@ -18,7 +18,9 @@ from pydantic import (
 
 from app.deps import ContextDep, CurrentPrincipal, RunServiceDep, ScheduleServiceDep
 from app.errors import AppError, validation_details
-from app.schemas import ErrorResponse, RunCreate, ScheduleCreate
+from app.schemas.common import ErrorResponse
+from app.schemas.runs import RunCreate
+from app.schemas.schedules import ScheduleCreate
 from app.services.legacy import ResultPrefixTaken
 from app.services.s3uri import MAX_PREFIX_BYTES, key_prefix_problem
 

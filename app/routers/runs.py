@@ -17,16 +17,9 @@ from app.models import RunState
 from app.presenters import present_run
 from app.repositories.runs import RunRepository
 from app.repositories.webhooks import WebhookRepository
-from app.schemas import (
-    ErrorResponse,
-    Page,
-    RunCreate,
-    RunEventOut,
-    RunMetricsOut,
-    RunOut,
-    WebhookAttemptOut,
-    WebhookDeliveryOut,
-)
+from app.schemas.common import ErrorResponse, Page
+from app.schemas.runs import RunCreate, RunEventOut, RunMetricsOut, RunOut
+from app.schemas.webhooks import WebhookAttemptOut, WebhookDeliveryOut
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
 

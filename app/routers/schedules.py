@@ -18,14 +18,9 @@ from app.models import Schedule
 from app.presenters import present_run
 from app.repositories.runs import RunRepository
 from app.repositories.schedules import ScheduleRepository
-from app.schemas import (
-    Page,
-    RunOut,
-    ScheduleCreate,
-    ScheduleFireOut,
-    ScheduleOut,
-    ScheduleUpdate,
-)
+from app.schemas.common import Page
+from app.schemas.runs import RunOut
+from app.schemas.schedules import ScheduleCreate, ScheduleFireOut, ScheduleOut, ScheduleUpdate
 from app.services.cron import describe_cron, describe_local
 from app.services.schedules import ScheduleService
 

@@ -34,7 +34,7 @@ from app.errors import AppError, validation_details
 from app.models import Run, RunEvent, RunState
 from app.repositories.runs import RunRepository
 from app.repositories.schedules import ScheduleRepository
-from app.schemas import RunCreate
+from app.schemas.runs import RunCreate
 from app.services.cron import describe_cron, describe_local
 from app.services.runs import CANCELLABLE, result_location
 from app.services.schedules import ScheduleService

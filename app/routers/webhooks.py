@@ -9,7 +9,7 @@ from fastapi import APIRouter
 from app.deps import ContextDep, CurrentPrincipal, SessionDep
 from app.exception_handlers import ERROR_RESPONSES
 from app.models import WebhookSigningSecret
-from app.schemas import WebhookSecretOut, WebhookSecretRotate
+from app.schemas.webhooks import WebhookSecretOut, WebhookSecretRotate
 from app.services.webhooks import SigningSecrets
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"], responses=ERROR_RESPONSES)

@@ -17,7 +17,7 @@ from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
 from app.models import TERMINAL_STATES, Run, RunState, new_id
 from app.observability import PHASE_DURATION, RUN_DURATION, RUNS_FINISHED
 from app.repositories.runs import RunRepository
-from app.schemas import RunCreate
+from app.schemas.runs import RunCreate
 from app.services.auth import LOCAL_OWNER
 from app.services.legacy import claim_result_prefix
 from app.services.s3uri import S3Location, parse_s3_uri

@@ -16,7 +16,8 @@ from app.errors import AppError, InvalidRequest, NotFound
 from app.models import ConcurrencyPolicy, Run, RunState, Schedule
 from app.observability import SCHEDULER_LATENESS
 from app.repositories.schedules import ScheduleRepository
-from app.schemas import RunCreate, ScheduleCreate, ScheduleUpdate
+from app.schemas.runs import RunCreate
+from app.schemas.schedules import ScheduleCreate, ScheduleUpdate
 from app.services.cron import (
     CronError,
     CronSpec,
