@@ -165,7 +165,8 @@ def serve(
     """Apply database migrations and serve the API."""
     import uvicorn
 
-    from app.main import UnsafeStartup, check_exposure, create_app
+    from app.main import create_app
+    from app.startup_checks import UnsafeStartup, check_exposure
 
     settings = _server_settings(host=host, port=port)
     if settings.effective_database_url.startswith("sqlite"):

@@ -24,7 +24,7 @@ async def healthz() -> HealthOut:
 )
 async def readyz(context: ContextDep, response: Response) -> HealthOut:
     """Readiness: database, Docker engine, object store and worker loops."""
-    checks = await context.readiness()
+    checks = await context.readiness.checks()
     ok = all(value == "ok" for value in checks.values())
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

@@ -16,7 +16,7 @@ from pydantic import (
     field_validator,
 )
 
-from app.deps import ContextDep, CurrentPrincipal, RunServiceDep, ScheduleServiceDep
+from app.deps import CurrentPrincipal, RunServiceDep, ScheduleServiceDep
 from app.errors import AppError, validation_details
 from app.schemas.common import ErrorResponse
 from app.schemas.runs import RunCreate
@@ -159,7 +159,6 @@ LegacyBody = Annotated[dict[str, Any], Body(examples=[LEGACY_EXAMPLE])]
 async def legacy_deploy(
     raw: LegacyBody,
     service: RunServiceDep,
-    context: ContextDep,
     principal: CurrentPrincipal,
 ) -> JSONResponse:
     """Run now (the old service's body; `cron_expression` is ignored). Deprecated: /v1/runs."""
@@ -174,9 +173,6 @@ async def legacy_deploy(
         return _error(exc.status_code, f"{task.prefix_field}: {exc.message}")
     except AppError as exc:
         return _error(exc.status_code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
-    if created:
-        await service.session.commit()
-        context.wake_dispatcher()
     return JSONResponse(
         status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
         content={"message": "success", "run_id": run.id},
@@ -192,7 +188,6 @@ async def legacy_deploy(
 async def legacy_submit_task(
     raw: LegacyBody,
     service: ScheduleServiceDep,
-    context: ContextDep,
     principal: CurrentPrincipal,
 ) -> JSONResponse:
     """Create a schedule from the old body's `cron_expression`. Deprecated: /v1/schedules."""
@@ -212,8 +207,6 @@ async def legacy_submit_task(
         return _error(422, str(exc))
     except AppError as exc:
         return _error(exc.status_code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
-    await service.session.commit()
-    context.wake_scheduler()
     return JSONResponse(
         status_code=status.HTTP_201_CREATED,
         content={"message": "success", "schedule_id": schedule.id},
