@@ -4,6 +4,7 @@ webhook events) are made here and nowhere else."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from app.db import utcnow
 from app.models import (
@@ -14,7 +15,7 @@ from app.models import (
     WebhookDelivery,
     WebhookSigningSecret,
 )
-from app.schemas.runs import MetricsSummaryOut, ResourcesOut, RunLinks, RunOut
+from app.schemas.runs import MetricsSummaryOut, ResourcesOut, RunLinks, RunMetricsOut, RunOut
 from app.schemas.schedules import ScheduleOut
 from app.schemas.webhooks import WebhookAttemptOut, WebhookDeliveryOut, WebhookSecretOut
 from app.services.cron import describe_cron, describe_local, parse_cron, preview_fire_times
@@ -70,6 +71,17 @@ def present_run(run: Run) -> RunOut:
         links=RunLinks(
             self=base, logs=f"{base}/logs", events=f"{base}/events", metrics=f"{base}/metrics"
         ),
+    )
+
+
+def present_metrics(run: Run, doc: dict[str, Any]) -> RunMetricsOut:
+    """A run's metrics document (metrics.json, or the live one) as the API shows it."""
+    return RunMetricsOut(
+        run_id=run.id,
+        source=str(doc.get("source", "none")),
+        summary=doc.get("summary"),
+        series=doc.get("series", []),
+        live=bool(doc.get("live", False)),
     )
 
 

@@ -14,7 +14,7 @@ from fastapi.responses import StreamingResponse
 from app.deps import ContextDep, CurrentPrincipal, RunAtRest, RunFromPath, RunServiceDep
 from app.exception_handlers import ERROR_RESPONSES
 from app.models import RunState
-from app.presenters import present_delivery, present_run
+from app.presenters import present_delivery, present_metrics, present_run
 from app.schemas.common import ErrorResponse, Page
 from app.schemas.runs import RunCreate, RunEventOut, RunMetricsOut, RunOut
 from app.schemas.webhooks import WebhookDeliveryOut
@@ -167,14 +167,7 @@ async def get_run_metrics(run: RunAtRest, context: ContextDep) -> Response | Run
     if live is not None:
         # Rendered once for every client asking within a second or so (RunMetricsOut's shape).
         return Response(content=live, media_type="application/json")
-    doc = await context.results.metrics(run)
-    return RunMetricsOut(
-        run_id=run.id,
-        source=str(doc.get("source", "none")),
-        summary=doc.get("summary"),
-        series=doc.get("series", []),
-        live=bool(doc.get("live", False)),
-    )
+    return present_metrics(run, await context.results.metrics(run))
 
 
 @router.get(
