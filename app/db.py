@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import DateTime, MetaData, event
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -65,6 +65,15 @@ def create_engine(url: str) -> AsyncEngine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
+        @event.listens_for(engine.sync_engine, "savepoint")
+        def _begin_before_savepoint(conn: Connection, _name: str) -> None:
+            # The sqlite3 module opens a transaction only before a write, and a SAVEPOINT
+            # outside one starts its own that RELEASE commits at once: begin the request's
+            # transaction first, so a savepoint nests in it and a rollback undoes it too.
+            driver = conn.connection.driver_connection
+            if driver is not None and not driver.in_transaction:
+                conn.exec_driver_sql("BEGIN")
 
         return engine
     return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)

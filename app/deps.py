@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.context import AppContext
 from app.errors import NotFound, Unauthorized
 from app.models import Run, Schedule
 from app.services.auth import LOCAL_PRINCIPAL, Principal, principal_for
 from app.services.runs import RunService
 from app.services.schedules import ScheduleService
-
-if TYPE_CHECKING:
-    from app.main import AppContext
+from app.services.webhooks import SigningSecrets
 
 
 def get_context(request: Request) -> AppContext:
@@ -24,16 +23,22 @@ def get_context(request: Request) -> AppContext:
     return context
 
 
-ContextDep = Annotated["AppContext", Depends(get_context)]
+ContextDep = Annotated[AppContext, Depends(get_context)]
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One session per request. Write endpoints commit once, before they respond (so a client
-    that gets 202 can read the run at once, and the workers are woken after the commit);
-    anything left uncommitted, as on an error, is rolled back when the session closes."""
+    """One session and one transaction per request, committed here and nowhere else: once the
+    endpoint returns and before the answer goes out (so a client that gets 202 can read the
+    run at once), or rolled back if it raised. Services only flush; the wake-ups they ask for
+    (app.services.transactions) run after this commit."""
     context = get_context(request)
     async with context.sessionmaker() as session:
-        yield session
+        try:
+            yield session
+        except BaseException:
+            await session.rollback()
+            raise
+        await session.commit()
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session, scope="function")]
@@ -52,7 +57,7 @@ async def get_principal(
         if principal is None:
             raise Unauthorized("unknown or revoked API key")
         return principal
-    if await get_context(request).auth_required(session):
+    if await get_context(request).access.key_required(session):
         raise Unauthorized("an API key is required: Authorization: Bearer <token>")
     return LOCAL_PRINCIPAL
 
@@ -62,7 +67,7 @@ CurrentPrincipal = Annotated[Principal, Depends(get_principal)]
 
 def get_run_service(request: Request, session: SessionDep) -> RunService:
     context = get_context(request)
-    return RunService(session, context.run_limits, wake=context.wake_dispatcher)
+    return RunService(session, context.run_limits, wakeups=context)
 
 
 RunServiceDep = Annotated[RunService, Depends(get_run_service)]
@@ -82,8 +87,20 @@ async def get_run(
 RunFromPath = Annotated[Run, Depends(get_run)]
 
 
+async def get_run_at_rest(run: RunFromPath, session: SessionDep) -> Run:
+    """The run, with the request's transaction ended: for endpoints that go on to read the
+    Docker engine or the object store, since no transaction may stay open across a network
+    call. The run's loaded attributes stay readable."""
+    await session.close()
+    return run
+
+
+RunAtRest = Annotated[Run, Depends(get_run_at_rest)]
+
+
 def get_schedule_service(request: Request, session: SessionDep) -> ScheduleService:
-    return ScheduleService(session, get_context(request).run_limits)
+    context = get_context(request)
+    return ScheduleService(session, context.run_limits, wakeups=context)
 
 
 ScheduleServiceDep = Annotated[ScheduleService, Depends(get_schedule_service)]
@@ -101,3 +118,10 @@ async def get_schedule(
 
 
 ScheduleFromPath = Annotated[Schedule, Depends(get_schedule)]
+
+
+def get_signing_secrets(session: SessionDep) -> SigningSecrets:
+    return SigningSecrets(session)
+
+
+SigningSecretsDep = Annotated[SigningSecrets, Depends(get_signing_secrets)]

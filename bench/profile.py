@@ -68,10 +68,10 @@ def hot_spots(folded: Path, top: int = 10) -> HotSpots:
         frames = stack.split(";")
         # A frame reads "function (package/module.py:line)".
         packages[frames[-1].partition("(")[2].split("/")[0].split(".py")[0]] += n
-        # Line numbers dropped, each function once per stack; app/cli.py is the whole main thread.
+        # Line numbers dropped, each function once per stack; app/cli/ is the whole main thread.
         names = {frame.rpartition(":")[0] + ")" for frame in frames}
         functions.update(
-            {name: n for name in names if "(app/" in name and "app/cli.py" not in name}
+            {name: n for name in names if "(app/" in name and "app/cli/" not in name}
         )
 
     def shares(counter: Counter[str]) -> list[tuple[float, str]]:

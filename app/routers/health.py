@@ -6,7 +6,7 @@ from fastapi import APIRouter, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import ContextDep
-from app.schemas import HealthOut
+from app.schemas.common import HealthOut
 
 router = APIRouter(tags=["health"])
 
@@ -24,7 +24,7 @@ async def healthz() -> HealthOut:
 )
 async def readyz(context: ContextDep, response: Response) -> HealthOut:
     """Readiness: database, Docker engine, object store and worker loops."""
-    checks = await context.readiness()
+    checks = await context.readiness.checks()
     ok = all(value == "ok" for value in checks.values())
     if not ok:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE

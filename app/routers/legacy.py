@@ -16,9 +16,11 @@ from pydantic import (
     field_validator,
 )
 
-from app.deps import ContextDep, CurrentPrincipal, RunServiceDep, ScheduleServiceDep
+from app.deps import CurrentPrincipal, RunServiceDep, ScheduleServiceDep
 from app.errors import AppError, validation_details
-from app.schemas import ErrorResponse, RunCreate, ScheduleCreate
+from app.schemas.common import ErrorResponse
+from app.schemas.runs import RunCreate
+from app.schemas.schedules import ScheduleCreate
 from app.services.legacy import ResultPrefixTaken
 from app.services.s3uri import MAX_PREFIX_BYTES, key_prefix_problem
 
@@ -90,6 +92,11 @@ class LegacyTask(BaseModel):
             output=f"s3://{self.s3_bucket}/",
         )
 
+    def schedule_body(self, cron: str) -> ScheduleCreate:
+        return ScheduleCreate(
+            name=self.task_name or self.task_id or "legacy-task", cron=cron, run=self.run_body()
+        )
+
 
 def _alias(info: ValidationInfo) -> str:
     """The name the old body uses for the field being validated."""
@@ -121,6 +128,14 @@ for _code, _text in {
 
 def _error(status_code: int, detail: Any) -> JSONResponse:
     return JSONResponse(status_code=status_code, content={"message": "error", "detail": detail})
+
+
+def _refusal(exc: AppError, task: LegacyTask) -> JSONResponse:
+    """A refusal in the old shape, naming the field at fault (for a taken result prefix, the
+    old body's field it came from)."""
+    if isinstance(exc, ResultPrefixTaken):
+        return _error(exc.status_code, f"{task.prefix_field}: {exc.message}")
+    return _error(exc.status_code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
 
 
 def _parse(raw: dict[str, Any]) -> LegacyTask | JSONResponse:
@@ -157,7 +172,6 @@ LegacyBody = Annotated[dict[str, Any], Body(examples=[LEGACY_EXAMPLE])]
 async def legacy_deploy(
     raw: LegacyBody,
     service: RunServiceDep,
-    context: ContextDep,
     principal: CurrentPrincipal,
 ) -> JSONResponse:
     """Run now (the old service's body; `cron_expression` is ignored). Deprecated: /v1/runs."""
@@ -168,13 +182,8 @@ async def legacy_deploy(
         run, created = await service.create(
             task.run_body(), task.unique_id, principal.owner, legacy_prefix=task.result_prefix()
         )
-    except ResultPrefixTaken as exc:
-        return _error(exc.status_code, f"{task.prefix_field}: {exc.message}")
     except AppError as exc:
-        return _error(exc.status_code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
-    if created:
-        await service.session.commit()
-        context.wake_dispatcher()
+        return _refusal(exc, task)
     return JSONResponse(
         status_code=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
         content={"message": "success", "run_id": run.id},
@@ -190,7 +199,6 @@ async def legacy_deploy(
 async def legacy_submit_task(
     raw: LegacyBody,
     service: ScheduleServiceDep,
-    context: ContextDep,
     principal: CurrentPrincipal,
 ) -> JSONResponse:
     """Create a schedule from the old body's `cron_expression`. Deprecated: /v1/schedules."""
@@ -200,18 +208,11 @@ async def legacy_submit_task(
     if not task.cron_expression:
         return _error(422, "cron_expression is required")
     try:
-        body = ScheduleCreate(
-            name=task.task_name or task.task_id or "legacy-task",
-            cron=task.cron_expression,
-            run=task.run_body(),
-        )
-        schedule = await service.create(body, principal.owner)
+        schedule = await service.create(task.schedule_body(task.cron_expression), principal.owner)
     except ValidationError as exc:
         return _error(422, str(exc))
     except AppError as exc:
-        return _error(exc.status_code, f"{exc.field}: {exc.message}" if exc.field else exc.message)
-    await service.session.commit()
-    context.wake_scheduler()
+        return _refusal(exc, task)
     return JSONResponse(
         status_code=status.HTTP_201_CREATED,
         content={"message": "success", "schedule_id": schedule.id},

@@ -11,22 +11,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 
-from app.deps import ContextDep, CurrentPrincipal, RunFromPath, RunServiceDep, SessionDep
-from app.errors import ERROR_RESPONSES
+from app.deps import ContextDep, CurrentPrincipal, RunAtRest, RunFromPath, RunServiceDep
+from app.exception_handlers import ERROR_RESPONSES
 from app.models import RunState
-from app.presenters import present_run
-from app.repositories import RunRepository
-from app.schemas import (
-    ErrorResponse,
-    Page,
-    RunCreate,
-    RunEventOut,
-    RunMetricsOut,
-    RunOut,
-    WebhookAttemptOut,
-    WebhookDeliveryOut,
-)
-from app.webhook_repository import WebhookRepository
+from app.presenters import present_delivery, present_metrics, present_run
+from app.schemas.common import ErrorResponse, Page
+from app.schemas.runs import RunCreate, RunEventOut, RunMetricsOut, RunOut
+from app.schemas.webhooks import WebhookDeliveryOut
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
 
@@ -41,7 +32,6 @@ async def create_run(
     body: RunCreate,
     response: Response,
     service: RunServiceDep,
-    context: ContextDep,
     principal: CurrentPrincipal,
     idempotency_key: Annotated[str | None, Header(max_length=150)] = None,
 ) -> RunOut:
@@ -49,15 +39,12 @@ async def create_run(
     run, created = await service.create(body, idempotency_key, principal.owner)
     response.status_code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
     response.headers["Location"] = f"/v1/runs/{run.id}"
-    if created:
-        await service.session.commit()
-        context.wake_dispatcher()
     return present_run(run)
 
 
 @router.get("", response_model=Page[RunOut])
 async def list_runs(
-    session: SessionDep,
+    service: RunServiceDep,
     principal: CurrentPrincipal,
     state: Annotated[list[RunState] | None, Query(description="filter by state")] = None,
     schedule_id: Annotated[
@@ -67,7 +54,7 @@ async def list_runs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[RunOut]:
     """List runs, newest first, with cursor pagination."""
-    runs, next_cursor = await RunRepository(session).page(
+    runs, next_cursor = await service.page(
         states=state or (),
         owner=principal.owner_filter,
         schedule_id=schedule_id,
@@ -84,19 +71,16 @@ async def get_run(run: RunFromPath) -> RunOut:
 
 
 @router.get("/{run_id}/events", response_model=Page[RunEventOut])
-async def list_run_events(run: RunFromPath, session: SessionDep) -> Page[RunEventOut]:
+async def list_run_events(run: RunFromPath, service: RunServiceDep) -> Page[RunEventOut]:
     """Every state change of a run, oldest first."""
-    events = await RunRepository(session).events(run.id)
+    events = await service.events(run.id)
     return Page[RunEventOut](items=[RunEventOut.model_validate(e) for e in events])
 
 
 @router.post("/{run_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=RunOut)
-async def cancel_run(run: RunFromPath, service: RunServiceDep, context: ContextDep) -> RunOut:
+async def cancel_run(run: RunFromPath, service: RunServiceDep) -> RunOut:
     """Cancel a queued, preparing or running run; a running container is killed and harvested."""
-    cancelled = await service.cancel(run.id)
-    await service.session.commit()
-    context.cancel_run(run.id)
-    return present_run(cancelled)
+    return present_run(await service.cancel(run.id))
 
 
 @router.get(
@@ -115,7 +99,7 @@ async def cancel_run(run: RunFromPath, service: RunServiceDep, context: ContextD
     },
 )
 async def get_run_logs(
-    run: RunFromPath,
+    run: RunAtRest,
     context: ContextDep,
     principal: CurrentPrincipal,
     stream: Annotated[Literal["stdout", "stderr"], Query()] = "stdout",
@@ -176,21 +160,14 @@ def _event(line: str) -> bytes:
 
 
 @router.get("/{run_id}/metrics", response_model=RunMetricsOut)
-async def get_run_metrics(run: RunFromPath, context: ContextDep) -> Response | RunMetricsOut:
+async def get_run_metrics(run: RunAtRest, context: ContextDep) -> Response | RunMetricsOut:
     """CPU and memory samples with the summary: of a finished run, or so far while it runs
     (`live` true)."""
     live = await context.results.live_metrics_json(run)
     if live is not None:
         # Rendered once for every client asking within a second or so (RunMetricsOut's shape).
         return Response(content=live, media_type="application/json")
-    doc = await context.results.metrics(run)
-    return RunMetricsOut(
-        run_id=run.id,
-        source=str(doc.get("source", "none")),
-        summary=doc.get("summary"),
-        series=doc.get("series", []),
-        live=bool(doc.get("live", False)),
-    )
+    return present_metrics(run, await context.results.metrics(run))
 
 
 @router.get(
@@ -204,7 +181,7 @@ async def get_run_metrics(run: RunFromPath, context: ContextDep) -> Response | R
     },
 )
 async def download_artifact(
-    run: RunFromPath,
+    run: RunAtRest,
     context: ContextDep,
     key: Annotated[str, Path(max_length=1024, description="an artifact key the run lists")],
 ) -> Response:
@@ -222,21 +199,7 @@ async def download_artifact(
 
 
 @router.get("/{run_id}/deliveries", response_model=Page[WebhookDeliveryOut])
-async def list_run_deliveries(run: RunFromPath, session: SessionDep) -> Page[WebhookDeliveryOut]:
+async def list_run_deliveries(run: RunFromPath, service: RunServiceDep) -> Page[WebhookDeliveryOut]:
     """The run's webhook events and every attempt to deliver them."""
-    rows = await WebhookRepository(session).of_run(run.id)
-    return Page[WebhookDeliveryOut](
-        items=[
-            WebhookDeliveryOut(
-                id=delivery.id,
-                event_type=delivery.event_type,
-                url=delivery.url,
-                status=delivery.status,
-                created_at=delivery.created_at,
-                delivered_at=delivery.delivered_at,
-                last_error=delivery.last_error,
-                attempts=[WebhookAttemptOut.model_validate(a) for a in attempts],
-            )
-            for delivery, attempts in rows
-        ]
-    )
+    rows = await service.deliveries(run.id)
+    return Page[WebhookDeliveryOut](items=[present_delivery(d, a) for d, a in rows])

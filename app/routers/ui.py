@@ -19,23 +19,20 @@ from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.deps import (
-    ContextDep,
     CurrentPrincipal,
     RunFromPath,
     RunServiceDep,
     ScheduleFromPath,
     ScheduleServiceDep,
-    SessionDep,
 )
 from app.errors import AppError, validation_details
 from app.models import Run, RunEvent, RunState
-from app.repositories import RunRepository, ScheduleRepository
-from app.schemas import RunCreate
+from app.presenters import upcoming_fires
+from app.schemas.runs import RunCreate
 from app.services.cron import describe_cron, describe_local
-from app.services.runs import CANCELLABLE, result_location
+from app.services.runs import CANCELLABLE, RunService, result_location
 from app.services.schedules import ScheduleService
 
 UI_DIR = FilePath(__file__).resolve().parents[1] / "ui"
@@ -182,7 +179,8 @@ async def ui_submit(request: Request) -> HTMLResponse:
 @router.get("/parts/runs")
 async def part_runs(
     request: Request,
-    session: SessionDep,
+    runs_service: RunServiceDep,
+    schedules: ScheduleServiceDep,
     principal: CurrentPrincipal,
     state: StateQuery = None,
     schedule_id: IdQuery = None,
@@ -190,7 +188,7 @@ async def part_runs(
     limit: LimitQuery = PAGE_SIZE,
 ) -> HTMLResponse:
     state = state or None
-    runs, next_cursor = await RunRepository(session).page(
+    runs, next_cursor = await runs_service.page(
         states=(state,) if state else (),
         owner=principal.owner_filter,
         schedule_id=schedule_id or None,
@@ -198,7 +196,7 @@ async def part_runs(
         limit=limit,
     )
     # A run's schedule is its owner's, so the names shown are the viewer's own.
-    names = await ScheduleRepository(session).names([r.schedule_id for r in runs if r.schedule_id])
+    names = await schedules.names([r.schedule_id for r in runs if r.schedule_id])
     return _part(
         request,
         "parts/runs_table.html",
@@ -214,22 +212,19 @@ async def part_runs(
 
 
 @router.get("/parts/runs/{run_id}")
-async def part_run(request: Request, run: RunFromPath, session: SessionDep) -> HTMLResponse:
-    return await _run_detail(request, run, session)
+async def part_run(request: Request, run: RunFromPath, service: RunServiceDep) -> HTMLResponse:
+    return await _run_detail(request, run, service)
 
 
 @router.post("/parts/runs/{run_id}/cancel")
 async def part_cancel_run(
-    request: Request, run: RunFromPath, service: RunServiceDep, context: ContextDep
+    request: Request, run: RunFromPath, service: RunServiceDep
 ) -> HTMLResponse:
-    cancelled = await service.cancel(run.id)
-    await service.session.commit()
-    context.cancel_run(run.id)
-    return await _run_detail(request, cancelled, service.session)
+    return await _run_detail(request, await service.cancel(run.id), service)
 
 
-async def _run_detail(request: Request, run: Run, session: AsyncSession) -> HTMLResponse:
-    events = await RunRepository(session).events(run.id)
+async def _run_detail(request: Request, run: Run, service: RunService) -> HTMLResponse:
+    events = await service.events(run.id)
     state = RunState(run.state)
     prefix = result_location(run).prefix
     artifacts = [
@@ -278,11 +273,11 @@ ScheduleAction = Literal["pause", "resume", "trigger"]
 @router.get("/parts/schedules")
 async def part_schedules(
     request: Request,
-    session: SessionDep,
+    schedules: ScheduleServiceDep,
     principal: CurrentPrincipal,
     cursor: CursorQuery = None,
 ) -> HTMLResponse:
-    return await _schedules_table(request, session, principal.owner_filter, cursor)
+    return await _schedules_table(request, schedules, principal.owner_filter, cursor)
 
 
 @router.post("/parts/schedules/{schedule_id}/{action}")
@@ -291,44 +286,34 @@ async def part_schedule_action(
     schedule: ScheduleFromPath,
     action: Annotated[ScheduleAction, Path()],
     service: ScheduleServiceDep,
-    context: ContextDep,
     principal: CurrentPrincipal,
     cursor: CursorQuery = None,
 ) -> HTMLResponse:
     notice: dict[str, str] | None = None
     if action == "pause":
         await service.pause(schedule.id)
-        await service.session.commit()
     elif action == "resume":
         await service.resume(schedule.id, catch_up=False)
-        await service.session.commit()
-        context.wake_scheduler()
     else:
         run = await service.trigger(schedule.id)
-        await service.session.commit()
-        context.wake_dispatcher()
         notice = {"text": f"Run {run.id} queued for {schedule.name}", "href": f"/ui/runs/{run.id}"}
-    return await _schedules_table(
-        request, service.session, principal.owner_filter, cursor, notice=notice
-    )
+    return await _schedules_table(request, service, principal.owner_filter, cursor, notice=notice)
 
 
 async def _schedules_table(
     request: Request,
-    session: AsyncSession,
+    service: ScheduleService,
     owner: str | None,
     cursor: str | None,
     notice: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    schedules, next_cursor = await ScheduleRepository(session).page(
-        owner=owner, cursor=cursor, limit=PAGE_SIZE
-    )
-    latest = await RunRepository(session).latest_of_schedules([s.id for s in schedules])
+    schedules, next_cursor = await service.page(owner=owner, cursor=cursor, limit=PAGE_SIZE)
+    latest = await service.runs.latest_of_schedules([s.id for s in schedules])
     rows = [
         {
             "schedule": s,
             "description": describe_cron(s.cron),
-            "next": [describe_local(t, s.timezone) for t in ScheduleService.preview(s)[:3]],
+            "next": [describe_local(t, s.timezone) for t in upcoming_fires(s, 3)],
             "last_run": latest.get(s.id),
         }
         for s in schedules
@@ -398,7 +383,7 @@ def _field_of(path: str) -> str | None:
 
 @router.post("/parts/submit")
 async def part_submit(
-    request: Request, service: RunServiceDep, context: ContextDep, principal: CurrentPrincipal
+    request: Request, service: RunServiceDep, principal: CurrentPrincipal
 ) -> Response:
     form = await request.form()
     values = {name: str(form.get(name) or "").strip() for name in FORM_FIELDS}
@@ -412,8 +397,6 @@ async def part_submit(
     except AppError as exc:
         details = [{"field": exc.field or "", "message": exc.message}]
         return _form(request, values, network, details, exc.status_code)
-    await service.session.commit()
-    context.wake_dispatcher()
     # htmx follows HX-Redirect with a full page load: the new run's page.
     return Response(
         status_code=status.HTTP_201_CREATED, headers={"HX-Redirect": f"/ui/runs/{run.id}"}

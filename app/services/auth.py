@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.models import ApiKey
-from app.repositories import ApiKeyRepository
+from app.repositories.keys import ApiKeyRepository
 
 TOKEN_PREFIX = "td_"
 LOCAL_OWNER = "local"
@@ -62,6 +62,31 @@ def keys_required(mode: str, listen_host: str, *, keys_ever_created: bool) -> bo
     if mode == "disabled":
         return False
     return keys_ever_created or not is_loopback(listen_host)
+
+
+class AccessPolicy:
+    """Whether a request without a key is refused (`keys_required`), for one process.
+
+    A key is never deleted, so once one was seen the answer stays yes: only a service that has
+    never seen a key reads the table, on each anonymous request, so a key the CLI made a moment
+    ago closes it for the very next request (no cache that can be stale)."""
+
+    def __init__(self, mode: str, listen_host: str) -> None:
+        self.mode = mode
+        self.listen_host = listen_host
+        self._keys_seen = False
+
+    async def keys_created(self, session: AsyncSession) -> bool:
+        if not self._keys_seen:
+            self._keys_seen = await ApiKeyRepository(session).any_created()
+        return self._keys_seen
+
+    async def key_required(self, session: AsyncSession) -> bool:
+        if keys_required(self.mode, self.listen_host, keys_ever_created=self._keys_seen):
+            return True
+        return keys_required(
+            self.mode, self.listen_host, keys_ever_created=await self.keys_created(session)
+        )
 
 
 async def create_key(session: AsyncSession, owner: str, *, admin: bool) -> tuple[ApiKey, str]:

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.errors import NotFound, TooManyRequests
 from app.models import Run, RunState
-from app.repositories import RunRepository
+from app.repositories.runs import RunRepository
 from app.services.results import RunResults
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.errors import Conflict
 from app.models import LegacyPrefixClaim, Run
-from app.repositories_legacy import LegacyClaimRepository
+from app.repositories.legacy import LegacyClaimRepository
 from app.services.s3uri import parse_s3_uri
 
 

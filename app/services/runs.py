@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -14,13 +14,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.errors import Conflict, Forbidden, InvalidRequest, NotFound
-from app.models import TERMINAL_STATES, Run, RunState, new_id
+from app.models import (
+    TERMINAL_STATES,
+    Run,
+    RunEvent,
+    RunState,
+    WebhookAttempt,
+    WebhookDelivery,
+    new_id,
+)
 from app.observability import PHASE_DURATION, RUN_DURATION, RUNS_FINISHED
-from app.repositories import RunRepository
-from app.schemas import RunCreate
+from app.repositories.runs import RunRepository
+from app.repositories.webhooks import WebhookRepository
+from app.schemas.runs import RunCreate
 from app.services.auth import LOCAL_OWNER
 from app.services.legacy import claim_result_prefix
 from app.services.s3uri import S3Location, parse_s3_uri
+from app.services.transactions import NO_WAKEUPS, Wakeups, after_commit
 from app.services.webhook_targets import DestinationPolicy
 from app.services.webhooks import check_callback_url, enqueue_run_event
 
@@ -180,15 +190,16 @@ def request_fingerprint(body: RunCreate) -> str:
 
 
 class RunService:
-    """Business rules for one-off runs. Commits are the caller's (one per request)."""
+    """Business rules for one-off runs. It only flushes: the caller commits (a request once, in
+    its session dependency), and the wake-ups it asks for run after that commit."""
 
     def __init__(
-        self, session: AsyncSession, limits: RunLimits, wake: Callable[[], None] | None = None
+        self, session: AsyncSession, limits: RunLimits, *, wakeups: Wakeups = NO_WAKEUPS
     ) -> None:
         self.session = session
         self.repo = RunRepository(session)
         self.limits = limits
-        self.wake = wake
+        self.wakeups = wakeups
 
     def _admit(self, body: RunCreate, owner: str) -> dict[str, Any]:
         lim = self.limits
@@ -276,20 +287,22 @@ class RunService:
             if existing is not None:
                 return self._replay(existing, fingerprint), False
         run = self.build(body, owner=owner, idempotency_key=key, legacy_prefix=legacy_prefix)
-        self.repo.add(run)
         try:
-            await self.session.flush()
+            # A savepoint: a refusal (409) or a lost race undoes this run only, and leaves the
+            # request's transaction usable.
+            async with self.session.begin_nested():
+                self.repo.add(run)
+                await self.session.flush()
+                self.repo.add_event(run.id, None, RunState.QUEUED, "submitted")
+                if legacy_prefix is not None:
+                    await claim_result_prefix(self.session, run, owner)  # or 409
         except IntegrityError:
             # Another request with the same key won the race: answer like a replay.
-            await self.session.rollback()
-            assert key is not None
-            existing = await self.repo.get_by_idempotency_key(key)
+            existing = await self.repo.get_by_idempotency_key(key) if key else None
             if existing is None:
                 raise
             return self._replay(existing, fingerprint), False
-        self.repo.add_event(run.id, None, RunState.QUEUED, "submitted")
-        if legacy_prefix is not None:
-            await claim_result_prefix(self.session, run, owner)  # or 409, and nothing commits
+        after_commit(self.session, self.wakeups.wake_dispatcher)
         return run, True
 
     def build(
@@ -346,6 +359,30 @@ class RunService:
             raise NotFound(f"run {run_id} not found")
         return run
 
+    async def page(
+        self,
+        *,
+        owner: str | None,
+        states: Sequence[RunState] = (),
+        schedule_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[Run], str | None]:
+        """Runs newest first (`owner` None: everyone's), and the cursor of the next page."""
+        return await self.repo.page(
+            states=states, owner=owner, schedule_id=schedule_id, cursor=cursor, limit=limit
+        )
+
+    async def events(self, run_id: str) -> list[RunEvent]:
+        return await self.repo.events(run_id)
+
+    async def deliveries(self, run_id: str) -> list[tuple[WebhookDelivery, list[WebhookAttempt]]]:
+        """The run's webhook events, each with its delivery attempts."""
+        return await WebhookRepository(self.session).of_run(run_id)
+
+    async def latest_of_schedules(self, schedule_ids: Sequence[str]) -> dict[str, Run]:
+        return await self.repo.latest_of_schedules(schedule_ids)
+
     async def cancel(self, run_id: str) -> Run:
         """Queued runs are cancelled at once; preparing/running ones are flagged for the executor."""
         run = await self.get(run_id)
@@ -353,6 +390,7 @@ class RunService:
         if state not in CANCELLABLE:
             raise Conflict(f"run {run_id} is {state} and can no longer be cancelled", field="state")
         await self.repo.update_fields(run_id, {"cancel_requested": True})
+        after_commit(self.session, lambda: self.wakeups.cancel_run(run_id))
         if state == RunState.QUEUED:
             try:
                 return await transition(

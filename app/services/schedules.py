@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,10 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.errors import AppError, InvalidRequest, NotFound
-from app.models import ConcurrencyPolicy, Run, RunState, Schedule
+from app.models import ConcurrencyPolicy, Run, RunState, Schedule, ScheduleFire
 from app.observability import SCHEDULER_LATENESS
-from app.repositories import ScheduleRepository
-from app.schemas import RunCreate, ScheduleCreate, ScheduleUpdate
+from app.repositories.schedules import ScheduleRepository
+from app.schemas.runs import RunCreate
+from app.schemas.schedules import ScheduleCreate, ScheduleUpdate
 from app.services.cron import (
     CronError,
     CronSpec,
@@ -26,11 +27,11 @@ from app.services.cron import (
     parse_cron,
 )
 from app.services.runs import CANCELLABLE, RunLimits, RunService
+from app.services.transactions import NO_WAKEUPS, Wakeups, after_commit
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-PREVIEW_COUNT = 5
 
 
 def cron_spec(cron: str, timezone: str) -> CronSpec:
@@ -56,13 +57,22 @@ class FireReport:
 
 
 class ScheduleService:
-    """Business rules for schedules. Commits are the caller's."""
+    """Business rules for schedules. It only flushes: the caller commits, and the wake-ups it
+    asks for run after that commit."""
 
-    def __init__(self, session: AsyncSession, limits: RunLimits, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        session: AsyncSession,
+        limits: RunLimits,
+        clock: Clock = utcnow,
+        *,
+        wakeups: Wakeups = NO_WAKEUPS,
+    ) -> None:
         self.session = session
         self.repo = ScheduleRepository(session)
         self.runs = RunService(session, limits)
         self.clock = clock
+        self.wakeups = wakeups
 
     # ------------------------------------------------------------------ reading
     async def get(self, schedule_id: str) -> Schedule:
@@ -71,14 +81,17 @@ class ScheduleService:
             raise NotFound(f"schedule {schedule_id} not found")
         return schedule
 
-    @staticmethod
-    def preview(schedule: Schedule) -> list[datetime]:
-        """The next fire times, from the stored next fire (or from now while paused)."""
-        spec = parse_cron(schedule.cron, schedule.timezone)
-        if schedule.next_fire_at is None:
-            return next_fire_times(spec, utcnow(), PREVIEW_COUNT)
-        later = next_fire_times(spec, schedule.next_fire_at, PREVIEW_COUNT - 1)
-        return [schedule.next_fire_at, *later]
+    async def page(
+        self, *, owner: str | None, cursor: str | None = None, limit: int = 50
+    ) -> tuple[list[Schedule], str | None]:
+        """Schedules newest first (`owner` None: everyone's), and the next page's cursor."""
+        return await self.repo.page(owner=owner, cursor=cursor, limit=limit)
+
+    async def names(self, schedule_ids: Sequence[str]) -> dict[str, str]:
+        return await self.repo.names(schedule_ids)
+
+    async def skipped_fires(self, schedule_id: str, limit: int) -> list[ScheduleFire]:
+        return await self.repo.fires(schedule_id, limit)
 
     # ------------------------------------------------------------------ writing
     def _check_template(self, run: RunCreate, owner: str) -> dict[str, Any]:
@@ -113,6 +126,7 @@ class ScheduleService:
         )
         self.repo.add(schedule)
         await self.session.flush()
+        after_commit(self.session, self.wakeups.wake_scheduler)
         return schedule
 
     async def update(self, schedule_id: str, body: ScheduleUpdate) -> Schedule:
@@ -132,6 +146,7 @@ class ScheduleService:
                 schedule.next_fire_at = next_fire_times(spec, self.clock(), 1)[0]
         schedule.updated_at = self.clock()
         await self.session.flush()
+        after_commit(self.session, self.wakeups.wake_scheduler)
         return schedule
 
     async def delete(self, schedule_id: str) -> None:
@@ -144,6 +159,7 @@ class ScheduleService:
             schedule.paused_at = self.clock()
             schedule.next_fire_at = None
             schedule.updated_at = schedule.paused_at
+            await self.session.flush()
         return schedule
 
     async def resume(self, schedule_id: str, *, catch_up: bool) -> Schedule:
@@ -159,6 +175,8 @@ class ScheduleService:
         schedule.paused_at = None
         schedule.next_fire_at = next_fire_times(spec, min(start, now), 1)[0]
         schedule.updated_at = now
+        await self.session.flush()
+        after_commit(self.session, self.wakeups.wake_scheduler)
         return schedule
 
     async def trigger(self, schedule_id: str) -> Run:
@@ -172,6 +190,7 @@ class ScheduleService:
         self.runs.repo.add(run)
         await self.session.flush()
         self.runs.repo.add_event(run.id, None, RunState.QUEUED, f"triggered from {schedule.name}")
+        after_commit(self.session, self.wakeups.wake_dispatcher)
         return run
 
     # ------------------------------------------------------------------ firing

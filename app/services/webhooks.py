@@ -22,12 +22,12 @@ from app.db import utcnow
 from app.errors import Forbidden
 from app.models import Run, RunState, WebhookDelivery, WebhookSigningSecret, new_id
 from app.presenters import present_run
+from app.repositories.webhooks import WebhookRepository
 from app.services.webhook_targets import (
     DestinationPolicy,
     literal_address,
     parse_callback_url,
 )
-from app.webhook_repository import WebhookRepository
 
 SIGNATURE_HEADER = "X-Taskdeploy-Signature"
 EVENT_ID_HEADER = "X-Taskdeploy-Event-Id"

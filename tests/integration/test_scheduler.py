@@ -4,40 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import migrate
 from app.db import create_engine, create_sessionmaker
 from app.models import Run, RunState, Schedule, ScheduleFire
 from app.schemas import RunCreate, ScheduleCreate, ScheduleUpdate
-from app.services.runs import RunLimits
 from app.services.schedules import ScheduleService
 from app.workers.scheduler import Scheduler
+from tests.factories import make_limits
+from tests.integration.databases import migrated_database
 
-LIMITS = RunLimits(
-    allowed_images=("busybox:latest",),
-    default_image="busybox:latest",
-    default_cpus=1,
-    default_memory_mb=64,
-    max_cpus=2,
-    max_memory_mb=1024,
-    default_disk_mb=64,
-    max_disk_mb=1024,
-    default_timeout_seconds=60,
-    max_timeout_seconds=3600,
-    max_command_bytes=65536,
-    allow_network=False,
-    allowed_buckets=("bucket",),
-)
+LIMITS = make_limits()
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
 
 
@@ -54,28 +38,12 @@ class Clock:
         self.now += timedelta(**delta)
 
 
-async def _pg_url(postgres_url: str) -> str:
-    name = f"sched_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(postgres_url.replace("postgresql+asyncpg://", "postgresql://"))
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return f"{postgres_url.rpartition('/')[0]}/{name}"
-
-
 @pytest.fixture(params=["postgresql", "sqlite"])
 async def db(
     request: pytest.FixtureRequest, postgres_url: str, tmp_path: Path
 ) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    if request.param == "postgresql":
-        url = await _pg_url(postgres_url)
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'sched.db'}"
-    await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_engine(url)
-    yield create_sessionmaker(engine)
-    await engine.dispose()
+    async with migrated_database(request.param, postgres_url, tmp_path, "sched") as sessionmaker:
+        yield sessionmaker
 
 
 def schedule_body(**overrides: Any) -> ScheduleCreate:

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from app.services.auth import keys_required
-from app.services.runs import RunLimits
+from tests.factories import make_limits
 
 
 @pytest.mark.parametrize(
@@ -30,20 +30,7 @@ def test_who_needs_a_key(mode: str, host: str, keys_ever_created: bool, required
     assert keys_required(mode, host, keys_ever_created=keys_ever_created) is required
 
 
-LIMITS = RunLimits(
-    allowed_images=("busybox:latest",),
-    default_image="busybox:latest",
-    default_cpus=1,
-    default_memory_mb=64,
-    max_cpus=2,
-    max_memory_mb=1024,
-    default_disk_mb=64,
-    max_disk_mb=1024,
-    default_timeout_seconds=60,
-    max_timeout_seconds=3600,
-    max_command_bytes=65536,
-    allow_network=False,
-)
+LIMITS = make_limits(allowed_buckets=())
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,10 @@
-"""Request and response models: the public API contract."""
+"""Request and response models of runs: what a client submits and what it reads back."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from app.models import RunState
+from app.schemas.common import StrictModel
 from app.services.s3uri import parse_s3_uri
 from app.services.webhook_targets import MAX_CALLBACK_URL_LENGTH, parse_callback_url
 
@@ -48,10 +49,6 @@ S3Uri = Annotated[
     AfterValidator(_check_s3_uri),
 ]
 PackageName = Annotated[str, AfterValidator(_check_package)]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Resources(StrictModel):
@@ -251,142 +248,4 @@ class RunMetricsOut(BaseModel):
     series: list[MetricsSampleOut]
     live: bool = Field(
         default=False, description="true while the run is running: the samples so far"
-    )
-
-
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    next_cursor: str | None = None
-
-
-class ErrorBody(BaseModel):
-    code: str = Field(examples=["validation_error"])
-    message: str
-    field: str | None = None
-    details: list[dict[str, Any]] | None = None
-
-
-class ErrorResponse(BaseModel):
-    """The one error shape every endpoint uses."""
-
-    error: ErrorBody
-
-
-class HealthOut(BaseModel):
-    status: str
-    checks: dict[str, str] = Field(default_factory=dict)
-
-
-ConcurrencyPolicyName = Literal["allow", "forbid", "replace"]
-MisfirePolicyName = Literal["skip", "run_once", "run_all"]
-
-
-class ScheduleCreate(StrictModel):
-    """A run template fired on a cron expression, computed in an IANA time zone."""
-
-    name: str = Field(min_length=1, max_length=200, examples=["nightly-report"])
-    cron: str = Field(
-        min_length=1,
-        max_length=200,
-        examples=["30 2 * * *"],
-        description="5 fields (m h dom mon dow), or 6 with seconds LAST; or @hourly, @daily, "
-        "@weekly, @monthly, @yearly",
-    )
-    timezone: str = Field(default="UTC", min_length=1, max_length=64, examples=["America/New_York"])
-    run: RunCreate
-    concurrency_policy: ConcurrencyPolicyName = "allow"
-    misfire_policy: MisfirePolicyName = "skip"
-    starting_deadline_seconds: StrictInt | None = Field(default=None, ge=0, le=366 * 86400)
-    paused: StrictBool = False
-
-
-class ScheduleUpdate(StrictModel):
-    """Fields to change; a new cron or time zone recomputes the next fire time at once."""
-
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    cron: str | None = Field(default=None, min_length=1, max_length=200)
-    timezone: str | None = Field(default=None, min_length=1, max_length=64)
-    run: RunCreate | None = None
-    concurrency_policy: ConcurrencyPolicyName | None = None
-    misfire_policy: MisfirePolicyName | None = None
-    starting_deadline_seconds: StrictInt | None = Field(default=None, ge=0, le=366 * 86400)
-
-
-class ScheduleOut(BaseModel):
-    id: str
-    owner: str
-    name: str
-    cron: str
-    description: str = Field(description='the cron expression in words, e.g. "At 02:30 every day"')
-    timezone: str
-    run: dict[str, Any]
-    concurrency_policy: str
-    misfire_policy: str
-    starting_deadline_seconds: int | None
-    paused: bool
-    next_fire_at: datetime | None = Field(description="UTC; null while paused")
-    next_fire_at_local: datetime | None = Field(description="the same instant in `timezone`")
-    next_fire_times: list[datetime] = Field(description="the next 5 fire times, UTC")
-    last_fired_at: datetime | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class ScheduleFireOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    scheduled_for: datetime
-    outcome: str
-    reason: str | None
-    created_at: datetime
-
-
-class WebhookAttemptOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-
-    at: datetime
-    status_code: int | None
-    latency_ms: float
-    error: str | None
-
-
-class WebhookDeliveryOut(BaseModel):
-    """One webhook event for a run and every attempt to deliver it."""
-
-    id: str = Field(description="the event id: stable across retries, for de-duplication")
-    event_type: str
-    url: str
-    status: Literal["pending", "delivered", "failed"]
-    created_at: datetime
-    delivered_at: datetime | None
-    last_error: str | None
-    attempts: list[WebhookAttemptOut]
-
-
-class WebhookSecretOut(BaseModel):
-    """The caller's webhook signing secret: events to their runs' callback_url are signed
-    with it (`X-Taskdeploy-Signature`)."""
-
-    owner: str
-    secret: str
-    created_at: datetime
-    rotated_at: datetime | None
-    previous_expires_at: datetime | None = Field(
-        description="until then, events carry a second v1 signature made with the previous "
-        "secret; null or past: only the current secret signs"
-    )
-
-
-class WebhookSecretRotate(StrictModel):
-    """Make a new secret; the previous one keeps signing beside it for `grace_seconds`."""
-
-    grace_seconds: StrictInt | None = Field(
-        default=None,
-        ge=0,
-        le=7 * 86400,
-        description="how long the previous secret keeps signing (0: stop at once); default "
-        "TASKDEPLOY_WEBHOOK_SECRET_GRACE_SECONDS",
     )

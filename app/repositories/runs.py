@@ -1,86 +1,26 @@
-"""All SQL lives here (and webhooks' in app.webhook_repository): runs, schedules, images, keys."""
+"""All SQL of runs and their events: pages, claims, leases, state changes."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Insert, Select, and_, delete, func, or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
 from app.models import (
     ACTIVE_STATES,
     TERMINAL_STATES,
-    ApiKey,
-    EnvironmentImage,
     Run,
     RunEvent,
     RunState,
-    Schedule,
-    ScheduleFire,
 )
-
-
-class InvalidCursor(ValueError):
-    """A pagination cursor that this service did not issue."""
-
-
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    raw = f"{created_at.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        stamp, run_id = raw.split("|", 1)
-        return datetime.fromisoformat(stamp), run_id
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidCursor("cursor is not one this service issued") from exc
-
-
-async def _keyset_page(
-    session: AsyncSession, query: Select[Any], model: Any, cursor: str | None, limit: int
-) -> tuple[list[Any], str | None]:
-    """One page of `query`, newest first by (created_at, id), resuming after `cursor`."""
-    query = query.order_by(model.created_at.desc(), model.id.desc()).limit(limit + 1)
-    if cursor:
-        created_at, row_id = decode_cursor(cursor)
-        query = query.where(
-            or_(
-                model.created_at < created_at,
-                and_(model.created_at == created_at, model.id < row_id),
-            )
-        )
-    rows = list((await session.execute(query)).scalars())
-    if len(rows) <= limit:
-        return rows, None
-    last = rows[limit - 1]
-    return rows[:limit], encode_cursor(last.created_at, last.id)
-
-
-def _insert(session: AsyncSession, table: Any) -> Insert:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        return postgresql.insert(table)
-    if dialect == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"insert-or-ignore is not written for {dialect}")
-
-
-async def insert_or_ignore(
-    session: AsyncSession, table: Any, values: dict[str, Any], conflict: list[str]
-) -> bool:
-    """Inserts a row unless one with the same `conflict` columns exists; True if inserted."""
-    statement = _insert(session, table).values(**values)
-    statement = statement.on_conflict_do_nothing(index_elements=conflict)  # type: ignore[attr-defined]
-    result = await session.execute(statement)
-    return bool(getattr(result, "rowcount", 0) == 1)
+from app.repositories.paging import (
+    insert_statement,
+    keyset_page,
+)
 
 
 class RunRepository:
@@ -113,7 +53,7 @@ class RunRepository:
             query = query.where(Run.schedule_id == schedule_id)
         if states:
             query = query.where(Run.state.in_([s.value for s in states]))
-        return await _keyset_page(self.session, query, Run, cursor, limit)
+        return await keyset_page(self.session, query, Run, cursor, limit)
 
     async def last_event_at(self, run_id: str) -> datetime | None:
         query = select(func.max(RunEvent.at)).where(RunEvent.run_id == run_id)
@@ -236,7 +176,7 @@ class RunRepository:
             return set()
         columns = [c.key for c in Run.__table__.columns]
         statement = (
-            _insert(self.session, Run.__table__)
+            insert_statement(self.session, Run.__table__)
             .on_conflict_do_nothing(index_elements=["schedule_id", "scheduled_for"])  # type: ignore[attr-defined]
             .returning(Run.__table__.c.id)
         )
@@ -279,144 +219,3 @@ class RunRepository:
             Run.state.in_([s.value for s in (RunState.QUEUED, *ACTIVE_STATES)]),
         )
         return {key for key in (await self.session.execute(query)).scalars() if key}
-
-
-class EnvironmentImageRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def get(self, key: str) -> EnvironmentImage | None:
-        return await self.session.get(EnvironmentImage, key, populate_existing=True)
-
-    async def record_use(self, values: dict[str, Any]) -> None:
-        """Inserts the image's row or, when another run or replica has one, refreshes it:
-        one statement, so concurrent first uses cannot collide."""
-        statement = _insert(self.session, EnvironmentImage.__table__).values(**values)
-        statement = statement.on_conflict_do_update(  # type: ignore[attr-defined]
-            index_elements=["key"],
-            set_={
-                "image_id": statement.excluded.image_id,  # type: ignore[attr-defined]
-                "size_bytes": statement.excluded.size_bytes,  # type: ignore[attr-defined]
-                "last_used_at": statement.excluded.last_used_at,  # type: ignore[attr-defined]
-            },
-        )
-        await self.session.execute(statement)
-
-    async def touch(self, key: str) -> None:
-        await self.session.execute(
-            update(EnvironmentImage)
-            .where(EnvironmentImage.key == key)
-            .values(last_used_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-
-    async def all(self) -> list[EnvironmentImage]:
-        query = select(EnvironmentImage).order_by(EnvironmentImage.last_used_at)
-        return list((await self.session.execute(query)).scalars())
-
-    async def delete(self, key: str) -> None:
-        await self.session.execute(delete(EnvironmentImage).where(EnvironmentImage.key == key))
-
-
-class ScheduleRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def get(self, schedule_id: str) -> Schedule | None:
-        return await self.session.get(Schedule, schedule_id, populate_existing=True)
-
-    def add(self, schedule: Schedule) -> None:
-        self.session.add(schedule)
-
-    async def names(self, schedule_ids: Sequence[str]) -> dict[str, str]:
-        """Names of the given schedules (those that still exist)."""
-        if not schedule_ids:
-            return {}
-        query = select(Schedule.id, Schedule.name).where(Schedule.id.in_(set(schedule_ids)))
-        return {row.id: row.name for row in await self.session.execute(query)}
-
-    async def delete(self, schedule: Schedule) -> None:
-        await self.session.delete(schedule)
-
-    async def page(
-        self, *, owner: str | None, cursor: str | None, limit: int
-    ) -> tuple[list[Schedule], str | None]:
-        query = select(Schedule)
-        if owner is not None:
-            query = query.where(Schedule.owner == owner)
-        return await _keyset_page(self.session, query, Schedule, cursor, limit)
-
-    async def claim_due(self, now: datetime, limit: int) -> list[Schedule]:
-        """Due, unpaused schedules, locked for this transaction; other replicas skip them."""
-        query = (
-            select(Schedule)
-            .where(Schedule.paused.is_(False), Schedule.next_fire_at <= now)
-            .order_by(Schedule.next_fire_at)
-            .limit(limit)
-        )
-        if self.session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        return list((await self.session.execute(query)).scalars())
-
-    async def earliest_next_fire(self) -> datetime | None:
-        query = select(func.min(Schedule.next_fire_at)).where(Schedule.paused.is_(False))
-        value = (await self.session.execute(query)).scalar_one_or_none()
-        if value is not None and value.tzinfo is None:  # SQLite's MIN() bypasses the column type
-            value = value.replace(tzinfo=UTC)
-        return value
-
-    async def record_skip(self, schedule_id: str, scheduled_for: datetime, reason: str) -> bool:
-        values = {
-            "schedule_id": schedule_id,
-            "scheduled_for": scheduled_for,
-            "outcome": "skipped",
-            "reason": reason,
-            "created_at": utcnow(),
-        }
-        return await insert_or_ignore(
-            self.session, ScheduleFire.__table__, values, ["schedule_id", "scheduled_for"]
-        )
-
-    async def fires(self, schedule_id: str, limit: int) -> list[ScheduleFire]:
-        query = (
-            select(ScheduleFire)
-            .where(ScheduleFire.schedule_id == schedule_id)
-            .order_by(ScheduleFire.scheduled_for.desc())
-            .limit(limit)
-        )
-        return list((await self.session.execute(query)).scalars())
-
-
-class ApiKeyRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    def add(self, key: ApiKey) -> None:
-        self.session.add(key)
-
-    async def by_hash(self, token_sha256: str) -> ApiKey | None:
-        query = select(ApiKey).where(ApiKey.token_sha256 == token_sha256)
-        return (await self.session.execute(query)).scalar_one_or_none()
-
-    async def active_count(self) -> int:
-        query = select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None))
-        return int((await self.session.execute(query)).scalar_one())
-
-    async def any_created(self) -> bool:
-        """Whether a key was ever created, revoked ones included."""
-        query = select(ApiKey.id).limit(1)
-        return (await self.session.execute(query)).first() is not None
-
-    async def all(self) -> list[ApiKey]:
-        return list(
-            (await self.session.execute(select(ApiKey).order_by(ApiKey.created_at))).scalars()
-        )
-
-    async def revoke(self, key_id: str) -> bool:
-        result = await self.session.execute(
-            update(ApiKey)
-            .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
-        return bool(getattr(result, "rowcount", 0) == 1)

@@ -1,4 +1,4 @@
-"""SQL of legacy result-prefix claims (beside repositories.py, kept under its size limit)."""
+"""All SQL of legacy result-prefix claims."""
 
 from __future__ import annotations
 
