@@ -152,7 +152,6 @@ async def test_sigkill_in_each_phase_loses_nothing(
     start, objects_for = setup
     service = start(TASKDEPLOY_WORKERS_ENABLED="false") if phase == "queued" else start()
     objects = objects_for(service)
-    volumes_before = set(docker_ids("volume", "ls", "-q"))
     body = make_run(f"s3://{objects.bucket}/out/", command="echo ran; echo out > $OUTPUT_DIR/o.txt")
     expect_output = {"o.txt": hashlib.sha256(b"out\n").hexdigest()}
     if phase == "preparing-build":
@@ -219,7 +218,6 @@ async def test_sigkill_in_each_phase_loses_nothing(
         ):
             await asyncio.sleep(0.2)
         assert docker_ids("ps", "-aq", "--filter", f"label=taskdeploy.run_id={run_id}") == []
-        assert set(docker_ids("volume", "ls", "-q")) - volumes_before == set()
         outcome["ok"] = True
     finally:
         restarted.stop()
