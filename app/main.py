@@ -20,15 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import migrate
 from app.adapters.docker import DockerRuntime
+from app.adapters.docker_backend import DockerBackend
+from app.adapters.docker_images import DockerImages
 from app.adapters.localfs import LocalObjectStore
-from app.adapters.ports import (
-    BuildLimits,
-    ContainerRuntime,
-    ContainerSpec,
-    DiskLimitUnsupported,
-    ObjectStore,
-    RuntimeUnavailable,
-)
+from app.adapters.ports import BackendMisconfigured, BuildLimits, ObjectStore, RunBackend
 from app.adapters.s3 import S3ObjectStore
 from app.adapters.webhook_http import HttpWebhookSender
 from app.bodylimit import BodyLimitMiddleware
@@ -47,9 +42,9 @@ from app.services.runs import RunLimits
 from app.services.schedules import FireReport
 from app.workers.base import LoopService
 from app.workers.dispatcher import Dispatcher, LeaseKeeper
-from app.workers.executor import ExecutorConfig, RunExecutor
 from app.workers.janitor import Janitor
 from app.workers.notifier import Notifier, NotifierConfig
+from app.workers.pipeline import PipelineConfig, RunOrchestrator
 from app.workers.reconciler import Reconciler
 from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
@@ -95,47 +90,18 @@ async def check_exposure(
         )
 
 
-async def check_engine(settings: Settings, runtime: ContainerRuntime) -> None:
-    """The engine must be able to cap a run's disk (unless the operator turned that off) and,
-    when runs may have network, hold the job network with inter-container traffic off. An
-    engine that cannot be reached yet is no reason to refuse: its runs fail with the reason."""
+async def check_engine(settings: Settings, runtime: RunBackend) -> None:
+    """The backend must be able to cap a run's disk (unless the operator turned that off) and,
+    when runs may have network, hold the job network with inter-container traffic off. A
+    backend that cannot be reached yet is no reason to refuse: its runs fail with the reason."""
     try:
-        if settings.allow_network:
-            await _check_job_network(settings.job_network, runtime)
-        if settings.disk_quota == "required":
-            await _probe_disk_quota(settings, runtime)
-    except RuntimeUnavailable as exc:
-        log.warning("could not check the Docker engine at start-up: %s", exc)
-
-
-async def _check_job_network(name: str, runtime: ContainerRuntime) -> None:
-    network = await runtime.network_info(name)
-    if network is None or network.driver != "bridge":
-        raise UnsafeStartup(
-            f"TASKDEPLOY_ALLOW_NETWORK is on but the Docker engine has no bridge network {name!r}"
-            " for runs: make it with scripts/ensure-job-network.sh (it also sets the firewall "
-            "rules that keep jobs away from this host and private ranges)"
+        await runtime.check(
+            disk_limits=settings.disk_quota == "required",
+            network=settings.job_network if settings.allow_network else None,
+            images=list(dict.fromkeys([settings.default_image, *settings.image_allow_list])),
         )
-    if network.options.get("com.docker.network.bridge.enable_icc") != "false":
-        raise UnsafeStartup(
-            f"the job network {name!r} lets containers reach each other: recreate it with "
-            "com.docker.network.bridge.enable_icc=false (scripts/ensure-job-network.sh)"
-        )
-
-
-async def _probe_disk_quota(settings: Settings, runtime: ContainerRuntime) -> None:
-    """Creates (never starts) a container with a disk cap from a base image the engine has."""
-    for image in dict.fromkeys([settings.default_image, *settings.image_allow_list]):
-        if await runtime.image_info(image) is None:
-            continue
-        spec = ContainerSpec(image=image, command=["true"], env={}, labels={}, disk_bytes=16 * MiB)
-        try:
-            container_id = await runtime.create_container(spec)
-        except DiskLimitUnsupported as exc:
-            raise UnsafeStartup(f"{exc}. Without it one run could fill this host's disk.") from exc
-        await runtime.remove(container_id)
-        return
-    log.warning("no allowed base image on the engine yet: the disk cap is checked at each run")
+    except BackendMisconfigured as exc:
+        raise UnsafeStartup(str(exc)) from exc
 
 
 def bucket_allow_list_missing(settings: Settings, *, keys_ever_created: bool) -> bool:
@@ -151,7 +117,7 @@ class AppContext:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    runtime: ContainerRuntime
+    runtime: RunBackend
     store: ObjectStore
     run_limits: RunLimits
     results: RunResults
@@ -311,13 +277,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(engine.dispose)
         sessionmaker = create_sessionmaker(engine)
         await check_exposure(settings, sessionmaker)
-        runtime = DockerRuntime(settings.docker_url)
+        runtime = DockerBackend(
+            DockerRuntime(settings.docker_url),
+            tmp_dir=settings.data_dir / "tmp",
+            spool_memory_bytes=settings.spool_memory_bytes,
+        )
         stack.push_async_callback(runtime.close)
         await check_engine(settings, runtime)
         store = await _open_store(settings, stack)
 
         environments = EnvironmentImages(
-            runtime,
+            DockerImages(runtime.docker),
             sessionmaker,
             template_version=settings.env_template_version,
             build_timeout=settings.build_timeout_seconds,
@@ -327,19 +297,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 nofile=settings.nofile_limit,
             ),
         )
-        # All of this service's containers: a run adopted from another replica keeps the
-        # other replica's instance label.
-        watcher = ContainerWatcher(runtime, {"taskdeploy.managed": "true"})
+        watcher = ContainerWatcher(runtime)
         janitor = Janitor(
             environments,
-            runtime,
             max_images=settings.image_cache_max_count,
             max_bytes=settings.image_cache_max_bytes,
             interval=settings.janitor_interval_seconds,
             prune_after_seconds=settings.build_timeout_seconds + 60,
         )
-        executor = RunExecutor(
-            config=ExecutorConfig(
+        executor = RunOrchestrator(
+            config=PipelineConfig(
                 instance_id=settings.instance_id,
                 log_limit_bytes=settings.log_limit_bytes,
                 metrics_interval=settings.metrics_interval_seconds,
@@ -360,10 +327,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 db_retry_seconds=settings.db_retry_seconds,
             ),
             sessionmaker=sessionmaker,
-            runtime=runtime,
+            backend=runtime,
             store=store,
             environments=environments,
-            watcher=watcher,
             on_image_built=janitor.wake,
             on_settled=lambda: notifier.wake(),
         )

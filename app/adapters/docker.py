@@ -1,4 +1,6 @@
-"""The ContainerRuntime port over the Docker Engine API (through aiodocker's HTTP client)."""
+"""The Docker engine client: the Engine API through aiodocker's HTTP client, in the engine's
+own shapes (docker_types). The ports are implemented over it by docker_backend (RunBackend)
+and docker_images (ImageBuilder)."""
 
 from __future__ import annotations
 
@@ -17,23 +19,25 @@ from typing import Any, BinaryIO, Final, TypeAlias
 import aiodocker
 import aiohttp
 
-from app.adapters.ports import (
-    AdapterError,
-    BuildLimits,
+from app.adapters.docker_types import (
     BuildResult,
-    ContainerError,
     ContainerEvent,
-    ContainerNotFound,
     ContainerSpec,
     ContainerState,
     DiskLimitUnsupported,
-    ImageBuildFailed,
     ImageInfo,
-    ImageNotFound,
     LogStream,
     NetworkInfo,
-    RuntimeUnavailable,
     StatsSample,
+)
+from app.adapters.ports import (
+    AdapterError,
+    BuildLimits,
+    ContainerError,
+    ContainerNotFound,
+    ImageBuildFailed,
+    ImageNotFound,
+    RuntimeUnavailable,
 )
 
 MANAGED_LABEL: Final = "taskdeploy.managed=true"
