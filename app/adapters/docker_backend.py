@@ -256,9 +256,14 @@ class DockerBackend:
         return found
 
     async def read_live(self, handle: str, name: str, capture: Capture, max_bytes: int) -> bool:
-        return await read_file(
-            self.docker, handle, f"{META_DIR}/{name}", capture, max_bytes=max_bytes
-        )
+        try:
+            return await read_file(
+                self.docker, handle, f"{META_DIR}/{name}", capture, max_bytes=max_bytes
+            )
+        except ContainerNotFound as exc:
+            if await self.docker.inspect(handle) is None:
+                raise AttemptLost(str(exc)) from exc
+            return False  # not written yet
 
     async def forget(self, ref: AttemptRef) -> None:
         future = self._died.pop(ref.handle, None)
