@@ -192,6 +192,13 @@ class DockerBackend:
     async def wait(self, ref: AttemptRef, timeout: float) -> AttemptExit | None:
         died = self._expect(ref.handle)
         self._started_in.setdefault(ref.handle, self._generation)  # adopted ones too
+        if not died.done():
+            # An attempt that had ended (adopted after a restart) answers at once.
+            state = await self.docker.inspect(ref.handle)
+            if state is None:
+                raise AttemptLost("the container disappeared")
+            if state.status in ("exited", "dead"):
+                return await self._exit(ref.handle)
         waited: asyncio.Future[object] = asyncio.ensure_future(self.docker.wait(ref.handle))
         try:
             done, _ = await asyncio.wait(

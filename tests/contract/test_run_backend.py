@@ -117,9 +117,9 @@ async def test_live_reads_are_bounded(harness: Harness) -> None:
     capture = Capture(0, 4)
     for _ in range(200):  # the wrapper writes the log as the command runs
         capture = Capture(0, 4)
-        if await harness.backend.read_live(ref.handle, "stdout.log", capture, 4096):
-            if capture.head:
-                break
+        there = await harness.backend.read_live(ref.handle, "stdout.log", capture, 4096)
+        if there and capture.head:
+            break
         await harness.backend.wait(ref, 0.05)
     assert capture.head == b"0123"
     assert not await harness.backend.read_live(ref.handle, "no-such.log", Capture(0, 4), 4096)
@@ -127,9 +127,7 @@ async def test_live_reads_are_bounded(harness: Harness) -> None:
 
 async def test_launch_stages_every_input_byte_for_byte(harness: Harness) -> None:
     body = bytes(range(256)) * 40
-    spec = harness.spec(
-        "cp input/sub/b.bin output/b.bin", outputs={"b.bin": body}, stdout=b""
-    )
+    spec = harness.spec("cp input/sub/b.bin output/b.bin", outputs={"b.bin": body}, stdout=b"")
     ref = await harness.backend.launch(spec, [BytesInput("sub/b.bin", body)])
     await harness.backend.start(ref)
     assert (await harness.backend.wait(ref, 60)) is not None
@@ -137,3 +135,12 @@ async def test_launch_stages_every_input_byte_for_byte(harness: Harness) -> None
     await harness.backend.collect(ref, LIMITS, sink)
     assert sink.got["b.bin"] == body
     assert io.BytesIO(sink.got["b.bin"]).getbuffer().nbytes == len(body)
+
+
+async def test_an_ended_attempt_answers_wait_at_once(harness: Harness) -> None:
+    ref = await harness.backend.launch(harness.spec("exit 7", code=7), [])
+    await harness.backend.start(ref)
+    first = await harness.backend.wait(ref, 60)
+    again = await harness.backend.wait(ref, 0)  # as after adoption: no time to wait
+    assert first is not None and again is not None
+    assert first.code == again.code == 7

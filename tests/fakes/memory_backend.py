@@ -42,6 +42,7 @@ class Script:
     outputs: dict[str, bytes] = field(default_factory=dict)
     disk_full: bool = False
     start_delay: asyncio.Event | None = None  # start blocks until it is set (a slow start)
+    launch_delay: asyncio.Event | None = None  # launch blocks (once staged) until it is set
 
 
 @dataclass
@@ -62,7 +63,9 @@ class MemoryBackend:
         self.default = Script()
         self.attempts: dict[str, _Attempt] = {}
         self.down = False  # an engine outage: every call fails with RuntimeUnavailable
+        self.refusals = 0  # calls refused while down
         self.launches = 0
+        self.starts = 0  # start calls, counted as they begin
         self.forgotten: list[str] = []
         self._ids: Iterator[int] = itertools.count(1)
         self._watch_ended = asyncio.Event()
@@ -103,6 +106,7 @@ class MemoryBackend:
 
     def _up(self) -> None:
         if self.down:
+            self.refusals += 1
             raise RuntimeUnavailable("the in-memory engine is down")
 
     def _get(self, ref: AttemptRef | str) -> _Attempt:
@@ -133,11 +137,14 @@ class MemoryBackend:
         script = self.scripts.get(spec.run_id, self.default)
         self.attempts[handle] = _Attempt(spec, ref, script, staged)
         self.launches += 1
+        if script.launch_delay is not None:
+            await script.launch_delay.wait()
         return ref
 
     async def start(self, ref: AttemptRef) -> None:
         self._up()
         attempt = self._get(ref)
+        self.starts += 1
         if attempt.script.start_delay is not None:
             await attempt.script.start_delay.wait()
         attempt.started_at = datetime.now(UTC)
@@ -150,6 +157,8 @@ class MemoryBackend:
         attempt = self._get(ref)
         if attempt.started_at is None and attempt.exit is None:
             raise ContainerError(f"attempt {ref.handle} was never started")
+        if attempt.exit is not None:
+            return attempt.exit  # an attempt that had ended answers at once
         try:
             await asyncio.wait_for(attempt.ended.wait(), timeout)
         except TimeoutError:
