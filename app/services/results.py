@@ -140,12 +140,11 @@ class RunResults:
         started = loop.time()
         CONTAINER_FILE_READS.labels(file=METRICS_FILE).inc()
         try:
-            capture: Capture | None = Capture(0, METRICS_HEAD_BYTES, METRICS_TAIL_BYTES)
-            assert capture is not None
-            if not await self.backend.read_live(
-                container_id, METRICS_FILE, capture, METRICS_READ_BYTES
-            ):
-                capture = None
+            read = Capture(0, METRICS_HEAD_BYTES, METRICS_TAIL_BYTES)
+            there = await self.backend.read_live(
+                container_id, METRICS_FILE, read, METRICS_READ_BYTES
+            )
+            capture = read if there else None
         except AdapterError:
             capture = None  # not there yet, or already removed: the next look tells
         body = await asyncio.to_thread(_render_live_metrics, run_id, capture)
