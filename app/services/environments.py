@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.adapters.ports import BuildLimits, ImageBuilder, ImageBuildFailed
+from app.adapters.ports import BuildLimits, EnvironmentImage, ImageBuilder, ImageBuildFailed
 from app.db import utcnow
 from app.observability import IMAGE_BUILD_SECONDS, IMAGE_CACHE
 from app.repositories import EnvironmentImageRepository, RunRepository
@@ -55,9 +53,10 @@ def environment_key(base_image_id: str, packages: list[str], template_version: s
 class EnvironmentImages:
     """Finds or builds environment images; concurrent requests for one key share one build.
 
-    An image chosen for a run is pinned (`pinned`) until the run's attempt exists on the
-    backend (which then holds it): eviction never takes a pinned image, so it cannot vanish
-    between being chosen and being used."""
+    An image chosen for a run is pinned (`pin`, before it is looked up) until the run's
+    attempt exists on the backend (which then holds it): eviction never takes a pinned image,
+    and a pin waits for an eviction of its key in progress, so an image cannot vanish between
+    being chosen and being used."""
 
     def __init__(
         self,
@@ -79,6 +78,7 @@ class EnvironmentImages:
         self.build_limits = build_limits
         self._builds: dict[str, asyncio.Task[EnvironmentImageRef]] = {}
         self._pins: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # a pin and an eviction of one key exclude
         self.hits = 0
         self.misses = 0
 
@@ -92,16 +92,25 @@ class EnvironmentImages:
             )
         return environment_key(base_id, packages, self.template_version), base_id
 
-    @contextlib.contextmanager
-    def pinned(self, key: str) -> Iterator[None]:
-        """Keeps `key` from eviction while the block runs (choose the image → its attempt exists)."""
-        self._pins[key] = self._pins.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            self._pins[key] -= 1
-            if not self._pins[key]:
-                del self._pins[key]
+    async def pin(self, key: str) -> None:
+        """Keeps `key` from eviction until `unpin` (from choosing the image to its attempt
+        existing). Waits for an eviction of `key` in progress: the image is then gone, and
+        the caller's `ensure` builds it again instead of using one about to vanish."""
+        async with self._lock(key):
+            self._pins[key] = self._pins.get(key, 0) + 1
+
+    def unpin(self, key: str) -> None:
+        left = self._pins.get(key, 0) - 1
+        if left > 0:
+            self._pins[key] = left
+            return
+        self._pins.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
 
     async def ensure(
         self, key: str, base_image_id: str, base_image: str, packages: list[str]
@@ -188,10 +197,8 @@ class EnvironmentImages:
         for img in keyed:
             if count <= max_count and total <= max_bytes:
                 break
-            if img.key in in_use or img.key in self._pins or img.key in self._builds:
+            if img.key in in_use or not await self._evict_unpinned(img):
                 continue
-            if not await self.builder.evict(img):
-                continue  # an attempt still uses it
             count -= 1
             total -= img.size
             removed.append(img.key)
@@ -200,6 +207,16 @@ class EnvironmentImages:
         if removed:
             log.info("evicted %d environment image(s)", len(removed))
         return removed
+
+    async def _evict_unpinned(self, image: EnvironmentImage) -> bool:
+        async with self._lock(image.key):
+            if image.key in self._pins or image.key in self._builds:
+                return False
+            # False when an attempt still uses it (the backend refuses).
+            gone = await self.builder.evict(image)
+        if image.key not in self._pins:
+            self._locks.pop(image.key, None)
+        return gone
 
     async def prune(self, older_than_seconds: float) -> int:
         return await self.builder.prune(older_than_seconds)

@@ -366,3 +366,20 @@ async def test_a_lost_lease_stops_the_writes_and_leaves_the_attempt_to_its_owner
     run = await w.run(run_id)
     assert run.state == S.RUNNING and run.instance_id == "unit-2"  # nothing written over it
     assert w.backend.attempts  # not forgotten: the new owner adopts it
+
+
+@pytest.mark.parametrize("down", [False, True])
+async def test_the_image_is_pinned_until_the_attempt_exists_then_released(
+    w: World, down: bool
+) -> None:
+    run_id = await w.add_run()
+    gate = asyncio.Event()
+    w.backend.script(run_id, launch_delay=gate)
+    task = w.execute(run_id)
+    await until(lambda: w.backend.launches == 1)
+    await w.set(run_id, state=S.SUCCEEDED.value)  # the run's key alone no longer protects it
+    assert await w.environments.evict(max_count=0, max_bytes=0) == []  # chosen: pinned
+    w.backend.down = down  # the start fails when down: the pin goes all the same
+    gate.set()
+    await asyncio.wait_for(task, 10)
+    assert len(await w.environments.evict(max_count=0, max_bytes=0)) == 1

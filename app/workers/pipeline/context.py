@@ -90,6 +90,7 @@ class RunContext:
     run: Run | None = None
     ref: AttemptRef | None = None
     keep_attempt: bool = False  # shutdown or a lost lease: the attempt stays for its next owner
+    pins: list[str] = field(default_factory=list)  # environment image keys pinned for it
 
     @property
     def current(self) -> Run:

@@ -88,6 +88,7 @@ class RunOrchestrator:
             reason = f"internal error: {type(exc).__name__}: {exc}"
             await settle.end_early(p, run_id, RunState.ERROR, reason)
         finally:
+            prepare.release_pins(p, ctx)
             p.phases.pop(run_id, None)
             if self.on_settled is not None:
                 self.on_settled()

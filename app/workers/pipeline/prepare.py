@@ -12,11 +12,13 @@ log = logging.getLogger(__name__)
 
 
 async def environment(p: Pipeline, ctx: RunContext) -> EnvironmentImageRef:
-    """Its key is recorded before the build, so the janitor never evicts an image a run is
-    about to use (the caller also pins it until the attempt exists)."""
+    """Its key is recorded before the build, and pinned before it is looked up, so the janitor
+    never evicts an image a run is about to use; `release_pins` ends the pins."""
     run = ctx.current
     key, base_id = await p.environments.resolve_key(run.image, run.packages)
     await p.ledger.update(run.id, env_key=key)
+    await p.environments.pin(key)  # released once the attempt exists (or the run ends)
+    ctx.pins.append(key)
     ref = await p.environments.ensure(key, base_id, run.image, run.packages)
     await p.ledger.update(run.id, image_id=ref.image_id)
     if not ref.cached and p.on_image_built is not None:
@@ -36,3 +38,9 @@ async def upload_build_log(p: Pipeline, run_id: str, build_log: str | None) -> N
         await p.ledger.update(run_id, artifacts=[{"key": key, "size": len(data)}])
     except Exception:
         log.warning("run %s: could not upload the build log", run_id, exc_info=True)
+
+
+def release_pins(p: Pipeline, ctx: RunContext) -> None:
+    """The attempt exists (and holds its image), or the run ended: the images may go."""
+    while ctx.pins:
+        p.environments.unpin(ctx.pins.pop())

@@ -88,8 +88,8 @@ async def launch(p: Pipeline, ctx: RunContext, image: EnvironmentImageRef) -> At
 
 async def start(p: Pipeline, ctx: RunContext, image: EnvironmentImageRef) -> None:
     """Launches, records the attempt, starts it and records `running`."""
-    with p.environments.pinned(image.key):  # until the attempt exists, which then holds it
-        ref = await launch(p, ctx, image)
+    ref = await launch(p, ctx, image)
+    prepare.release_pins(p, ctx)  # the attempt exists now, and holds its image
     ctx.ref = ref
     try:
         await p.ledger.update(ctx.run_id, container_id=ref.handle)
