@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.adapters.ports import ContainerRuntime, ObjectStore
+from app.adapters.ports import ObjectStore, RunBackend
 from app.config import Settings
 from app.readiness import Readiness
 from app.services.auth import AccessPolicy
@@ -65,7 +65,7 @@ class AppContext:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
-    runtime: ContainerRuntime
+    runtime: RunBackend
     store: ObjectStore
     run_limits: RunLimits
     results: RunResults

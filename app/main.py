@@ -16,8 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app import migrate
 from app.adapters.docker import DockerRuntime
+from app.adapters.docker_backend import DockerBackend
+from app.adapters.docker_images import DockerImages
 from app.adapters.localfs import LocalObjectStore
-from app.adapters.ports import BuildLimits, ContainerRuntime, ObjectStore
+from app.adapters.ports import BuildLimits, ObjectStore, RunBackend
 from app.adapters.s3 import S3ObjectStore
 from app.adapters.webhook_http import HttpWebhookSender
 from app.bodylimit import BodyLimitMiddleware
@@ -36,9 +38,9 @@ from app.services.results import RunResults
 from app.services.runs import RunLimits
 from app.startup_checks import check_engine, check_exposure
 from app.workers.dispatcher import Dispatcher, LeaseKeeper
-from app.workers.executor import ExecutorConfig, RunExecutor
 from app.workers.janitor import Janitor
 from app.workers.notifier import Notifier, NotifierConfig
+from app.workers.pipeline import PipelineConfig, RunOrchestrator
 from app.workers.reconciler import Reconciler
 from app.workers.scheduler import Scheduler
 from app.workers.watcher import ContainerWatcher
@@ -97,11 +99,11 @@ async def _open_store(settings: Settings, stack: AsyncExitStack) -> ObjectStore:
 
 def environment_images(
     settings: Settings,
-    runtime: ContainerRuntime,
+    backend: DockerBackend,
     sessionmaker: async_sessionmaker[AsyncSession],
 ) -> EnvironmentImages:
     return EnvironmentImages(
-        runtime,
+        DockerImages(backend.docker),
         sessionmaker,
         template_version=settings.env_template_version,
         build_timeout=settings.build_timeout_seconds,
@@ -113,8 +115,8 @@ def environment_images(
     )
 
 
-def executor_config(settings: Settings) -> ExecutorConfig:
-    return ExecutorConfig(
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    return PipelineConfig(
         instance_id=settings.instance_id,
         log_limit_bytes=settings.log_limit_bytes,
         metrics_interval=settings.metrics_interval_seconds,
@@ -156,29 +158,25 @@ def notifier(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession])
 def build_workers(
     settings: Settings,
     sessionmaker: async_sessionmaker[AsyncSession],
-    runtime: ContainerRuntime,
+    runtime: RunBackend,
     store: ObjectStore,
     environments: EnvironmentImages,
 ) -> Workers:
-    # All of this service's containers: a run adopted from another replica keeps the other
-    # replica's instance label.
-    watcher = ContainerWatcher(runtime, {"taskdeploy.managed": "true"})
+    watcher = ContainerWatcher(runtime)
     janitor = Janitor(
         environments,
-        runtime,
         max_images=settings.image_cache_max_count,
         max_bytes=settings.image_cache_max_bytes,
         interval=settings.janitor_interval_seconds,
         prune_after_seconds=settings.build_timeout_seconds + 60,
     )
     outbox = notifier(settings, sessionmaker)
-    executor = RunExecutor(
-        config=executor_config(settings),
+    executor = RunOrchestrator(
+        config=pipeline_config(settings),
         sessionmaker=sessionmaker,
-        runtime=runtime,
+        backend=runtime,
         store=store,
         environments=environments,
-        watcher=watcher,
         on_image_built=janitor.wake,
         on_settled=outbox.wake,
     )
@@ -212,7 +210,7 @@ def build_workers(
 def build_context(
     settings: Settings,
     engine: AsyncEngine,
-    runtime: ContainerRuntime,
+    runtime: DockerBackend,
     store: ObjectStore,
 ) -> AppContext:
     sessionmaker = create_sessionmaker(engine)
@@ -251,7 +249,7 @@ def build_context(
 
 async def open_adapters(
     settings: Settings, stack: AsyncExitStack
-) -> tuple[AsyncEngine, ContainerRuntime, ObjectStore]:
+) -> tuple[AsyncEngine, DockerBackend, ObjectStore]:
     """The database (migrated when asked), the Docker engine and the object store, each
     closed by `stack`; refuses to start on settings or an engine that would be unsafe."""
     if settings.migrate_on_start:
@@ -259,7 +257,11 @@ async def open_adapters(
     engine = create_engine(settings.effective_database_url)
     stack.push_async_callback(engine.dispose)
     await check_exposure(settings, create_sessionmaker(engine))
-    runtime = DockerRuntime(settings.docker_url)
+    runtime = DockerBackend(
+        DockerRuntime(settings.docker_url),
+        tmp_dir=settings.data_dir / "tmp",
+        spool_memory_bytes=settings.spool_memory_bytes,
+    )
     stack.push_async_callback(runtime.close)
     await check_engine(settings, runtime)
     store = await _open_store(settings, stack)

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Sequence
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.adapters.ports import ContainerRuntime, ObjectStore
+from app.adapters.ports import ObjectStore, RunBackend
 from app.config import Settings
 from app.services.auth import AccessPolicy
 from app.workers.base import LoopService
@@ -38,7 +38,7 @@ class Readiness:
         settings: Settings,
         engine: AsyncEngine,
         sessionmaker: async_sessionmaker[AsyncSession],
-        runtime: ContainerRuntime,
+        runtime: RunBackend,
         store: ObjectStore,
         access: AccessPolicy,
     ) -> None:

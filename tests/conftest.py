@@ -78,3 +78,19 @@ def bucket(s3_client) -> str:  # type: ignore[no-untyped-def]
     name = f"t-{uuid.uuid4().hex[:16]}"
     s3_client.create_bucket(Bucket=name)
     return name
+
+
+# Integration modules that drive the real Docker engine (the rest need only PostgreSQL, S3).
+DOCKER_MODULES = frozenset({"test_docker_adapter.py", "test_entrypoint.py", "test_environments.py"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks what the fast tier (`./scripts/test --fast`, `-m "not e2e and not docker"`)
+    leaves out: everything under tests/e2e, and the Docker integration modules."""
+    for item in items:
+        parts = item.path.parts
+        if "e2e" in parts:
+            item.add_marker(pytest.mark.e2e)
+            item.add_marker(pytest.mark.docker)
+        elif "integration" in parts and item.path.name in DOCKER_MODULES:
+            item.add_marker(pytest.mark.docker)

@@ -1,154 +1,75 @@
-"""The ContainerRuntime port over the Docker Engine API (through aiodocker's HTTP client)."""
+"""The Docker engine client: the Engine API through aiodocker's HTTP client, in the engine's
+own shapes (docker_types). The ports are implemented over it by docker_backend (RunBackend)
+and docker_images (ImageBuilder)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-import re
 import tarfile
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager, suppress
+from collections.abc import AsyncIterator, Mapping
+from contextlib import suppress
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Final, TypeAlias
+from typing import BinaryIO, Final
 
-import aiodocker
 import aiohttp
 
-from app.adapters.ports import (
-    AdapterError,
-    BuildLimits,
+from app.adapters.docker_client import Conflict, DockerClient, Missing
+from app.adapters.docker_json import (
+    CHUNK_BYTES,
+    BuildLog,
+    Zeros,
+    as_int,
+    as_list,
+    as_obj,
+    as_str,
+    build_limit_params,
+    container_config,
+    container_event,
+    container_state,
+    image_summary,
+    json_lines,
+    parse_time,
+    read_chunks,
+    stats_sample,
+    str_map,
+    tags,
+)
+from app.adapters.docker_types import (
     BuildResult,
-    ContainerError,
     ContainerEvent,
-    ContainerNotFound,
     ContainerSpec,
     ContainerState,
     DiskLimitUnsupported,
-    ImageBuildFailed,
     ImageInfo,
-    ImageNotFound,
     LogStream,
     NetworkInfo,
-    RuntimeUnavailable,
     StatsSample,
+)
+from app.adapters.ports import (
+    BuildLimits,
+    ContainerError,
+    ContainerNotFound,
+    ImageBuildFailed,
+    ImageNotFound,
 )
 
 MANAGED_LABEL: Final = "taskdeploy.managed=true"
 """Only images carrying this label are ever pruned: the engine may hold other people's images."""
 
-_CHUNK_BYTES: Final = 256 * 1024
-# A JSON line of the events or stats stream is a few KB; anything near this is a broken stream.
-_MAX_JSON_LINE_BYTES: Final = 4 * 1024 * 1024
 _EVENT_ACTIONS: Final = ("start", "die", "oom", "kill")
-# Docker mixes these into Actor.Attributes next to the container's labels (and they win on clash).
-_NON_LABEL_ATTRIBUTES: Final = frozenset({"image", "name", "exitCode", "signal"})
 _STREAM_TYPES: Final[Mapping[LogStream, int]] = {"stdout": 1, "stderr": 2}
-_RFC3339 = re.compile(
-    r"^(?P<base>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(?P<frac>\d+))?(?P<tz>Z|[+-]\d{2}:\d{2})$"
-)
-_CONNECT_TIMEOUT_S: Final = 30.0
-_BUILD_LOG_CHARS: Final = 1024 * 1024
-
-_Json: TypeAlias = dict[str, object]
 
 
-class DockerRuntime:
+class DockerRuntime(DockerClient):
     """A container runtime backed by one Docker engine, over one shared HTTP client."""
-
-    def __init__(self, url: str | None = None) -> None:
-        self._url = url
-        # Created on first use: aiohttp binds its connector to the running loop, and this object
-        # may be built before any loop runs.
-        self._docker: aiodocker.Docker | None = None
-        self._closed = False
-
-    # ------------------------------------------------------------------ plumbing
-    def _client(self) -> aiodocker.Docker:
-        if self._closed:
-            raise RuntimeUnavailable("the Docker runtime has been closed")
-        if self._docker is None:
-            try:
-                # No total/read timeout: waits, logs and event streams legitimately last for hours.
-                self._docker = aiodocker.Docker(
-                    url=self._url,
-                    timeout=aiohttp.ClientTimeout(sock_connect=_CONNECT_TIMEOUT_S),
-                )
-            except (
-                ValueError,
-                AssertionError,
-                aiodocker.DockerError,
-            ) as exc:  # aiodocker asserts when no socket is found
-                raise RuntimeUnavailable(f"cannot set up a Docker client: {exc}") from exc
-        return self._docker
-
-    @asynccontextmanager
-    async def _request(
-        self,
-        action: str,
-        path: str,
-        method: str = "GET",
-        *,
-        params: Mapping[str, str] | None = None,
-        data: object = None,
-        headers: Mapping[str, str] | None = None,
-        not_found: type[AdapterError] = ContainerNotFound,
-        versioned_api: bool = True,
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        with _translated(action, not_found):
-            async with self._client()._query(
-                path,
-                method,
-                params=params,
-                data=data,
-                headers=headers,
-                versioned_api=versioned_api,
-            ) as response:
-                try:
-                    yield response
-                finally:
-                    # aiodocker's _query never releases the response; an unread stream must be
-                    # closed or it pins a pooled connection.
-                    if response.content.at_eof():
-                        response.release()
-                    else:
-                        response.close()
-
-    async def _json(
-        self,
-        action: str,
-        path: str,
-        method: str = "GET",
-        *,
-        params: Mapping[str, str] | None = None,
-        body: object = None,
-        not_found: type[AdapterError] = ContainerNotFound,
-    ) -> object:
-        data = None if body is None else json.dumps(body).encode()
-        async with self._request(
-            action, path, method, params=params, data=data, not_found=not_found
-        ) as response:
-            raw = await response.read()
-        with _translated(action, not_found):
-            return json.loads(raw) if raw.strip() else None
-
-    # ------------------------------------------------------------------ engine
-    async def ping(self) -> None:
-        async with self._request("ping the engine", "_ping", versioned_api=False) as response:
-            await response.read()
-
-    async def close(self) -> None:
-        self._closed = True
-        if self._docker is not None:
-            docker, self._docker = self._docker, None
-            await docker.close()
 
     # ------------------------------------------------------------------ images
     async def image_info(self, ref: str) -> ImageInfo | None:
         try:
-            data = _obj(
+            data = as_obj(
                 await self._json(
                     f"inspect image {ref}", f"images/{ref}/json", not_found=ImageNotFound
                 )
@@ -156,11 +77,11 @@ class DockerRuntime:
         except ImageNotFound:
             return None
         return ImageInfo(
-            id=_str(data.get("Id")),
-            tags=_tags(data.get("RepoTags")),
-            size=_int(data.get("Size")) or 0,
-            labels=_str_map(_obj(data.get("Config")).get("Labels")),
-            created=_parse_time(data.get("Created")),
+            id=as_str(data.get("Id")),
+            tags=tags(data.get("RepoTags")),
+            size=as_int(data.get("Size")) or 0,
+            labels=str_map(as_obj(data.get("Config")).get("Labels")),
+            created=parse_time(data.get("Created")),
         )
 
     async def build_image(
@@ -174,7 +95,7 @@ class DockerRuntime:
     ) -> BuildResult:
         """Build from a tar context within `limits`; never pulls, so the caller must check that
         FROM exists. Closing the request (a cancelled caller) makes the engine stop the build."""
-        log = _BuildLog()
+        log = BuildLog()
         produced_image = False
         action = f"build image {tag}"
         params = {
@@ -188,7 +109,7 @@ class DockerRuntime:
             "nocache": "1",
             "rm": "1",
             "forcerm": "1",
-            **(_build_limit_params(limits) if limits is not None else {}),
+            **(build_limit_params(limits) if limits is not None else {}),
         }
         try:
             async with self._request(
@@ -196,17 +117,17 @@ class DockerRuntime:
                 "build",
                 "POST",
                 params=params,
-                data=_read_chunks(context_tar),
+                data=read_chunks(context_tar),
                 headers={"Content-Type": "application/x-tar"},
                 not_found=ImageNotFound,
             ) as response:
-                async for item in _json_lines(response, action):
+                async for item in json_lines(response, action):
                     if isinstance(text := item.get("stream"), str):
                         log.add(text)
                     if isinstance(item.get("aux"), dict):
                         produced_image = True
                     if item.get("error") is not None:
-                        message = _str(item.get("error")) or "the build failed"
+                        message = as_str(item.get("error")) or "the build failed"
                         raise ImageBuildFailed(f"{action}: {message}", log.text())
         except ContainerError as exc:
             # The engine answers a bad Dockerfile or context with a 4xx/5xx before streaming.
@@ -226,7 +147,7 @@ class DockerRuntime:
             params={"filters": json.dumps({"label": [label]})},
             not_found=ImageNotFound,
         )
-        return [_image_summary(_obj(item)) for item in _list(data)]
+        return [image_summary(as_obj(item)) for item in as_list(data)]
 
     async def remove_image(self, ref: str) -> None:
         with suppress(ImageNotFound):
@@ -252,11 +173,11 @@ class DockerRuntime:
             not_found=ImageNotFound,
         )
         candidate_ids = {
-            _str(_obj(item).get("Id"))
-            for item in _list(candidates)
-            if (_int(_obj(item).get("Created")) or 0) <= cutoff
+            as_str(as_obj(item).get("Id"))
+            for item in as_list(candidates)
+            if (as_int(as_obj(item).get("Created")) or 0) <= cutoff
         }
-        data = _obj(
+        data = as_obj(
             await self._json(
                 "prune dangling images",
                 "images/prune",
@@ -265,7 +186,9 @@ class DockerRuntime:
                 not_found=ImageNotFound,
             )
         )
-        deleted = {_str(_obj(item).get("Deleted")) for item in _list(data.get("ImagesDeleted"))}
+        deleted = {
+            as_str(as_obj(item).get("Deleted")) for item in as_list(data.get("ImagesDeleted"))
+        }
         return len(candidate_ids & deleted)
 
     # ------------------------------------------------------------------ containers
@@ -280,7 +203,7 @@ class DockerRuntime:
                 "containers/create",
                 "POST",
                 params=params,
-                body=_container_config(spec),
+                body=container_config(spec),
                 not_found=ImageNotFound,
             )
         except ContainerError as exc:
@@ -291,8 +214,8 @@ class DockerRuntime:
                     "TASKDEPLOY_DISK_QUOTA=off"
                 ) from exc
             raise
-        data = _obj(created)
-        container_id = _str(data.get("Id"))
+        data = as_obj(created)
+        container_id = as_str(data.get("Id"))
         if not container_id:
             raise ContainerError("the engine created a container without an id")
         return container_id
@@ -306,7 +229,7 @@ class DockerRuntime:
                 f"containers/{container_id}/archive",
                 "PUT",
                 params={"path": path},
-                data=_read_chunks(tar),
+                data=read_chunks(tar),
                 headers={"Content-Type": "application/x-tar"},
             ) as response:
                 await response.read()
@@ -336,7 +259,7 @@ class DockerRuntime:
             )
         except ContainerNotFound:
             return None
-        return _container_state(_obj(data))
+        return container_state(as_obj(data))
 
     async def kill(self, container_id: str, signal: str = "SIGKILL") -> None:
         try:
@@ -346,7 +269,7 @@ class DockerRuntime:
                 "POST",
                 params={"signal": signal},
             )
-        except _Conflict as exc:
+        except Conflict as exc:
             if "is not running" not in str(exc):
                 raise
 
@@ -358,7 +281,7 @@ class DockerRuntime:
         with tarfile.open(fileobj=probe, mode="w") as tar:
             info = tarfile.TarInfo(f".taskdeploy-room-{uuid.uuid4().hex}")
             info.size = needed
-            tar.addfile(info, _Zeros(needed))
+            tar.addfile(info, Zeros(needed))
         probe.seek(0)
         try:
             await self.put_archive(container_id, "/", probe)
@@ -370,15 +293,15 @@ class DockerRuntime:
 
     async def network_info(self, name: str) -> NetworkInfo | None:
         try:
-            data = _obj(
-                await self._json(f"inspect network {name}", f"networks/{name}", not_found=_Missing)
+            data = as_obj(
+                await self._json(f"inspect network {name}", f"networks/{name}", not_found=Missing)
             )
-        except _Missing:
+        except Missing:
             return None
         return NetworkInfo(
-            name=_str(data.get("Name")),
-            driver=_str(data.get("Driver")),
-            options=_str_map(data.get("Options")),
+            name=as_str(data.get("Name")),
+            driver=as_str(data.get("Driver")),
+            options=str_map(data.get("Options")),
         )
 
     async def remove(self, container_id: str) -> None:
@@ -392,7 +315,7 @@ class DockerRuntime:
             )
         except ContainerNotFound:
             pass
-        except _Conflict as exc:
+        except Conflict as exc:
             # Another remover got there first; the container is going away either way.
             if "already in progress" not in str(exc):
                 raise
@@ -405,7 +328,7 @@ class DockerRuntime:
             "containers/json",
             params={"all": "1", "filters": json.dumps(filters)},
         )
-        ids = [_str(_obj(item).get("Id")) for item in _list(summaries)]
+        ids = [as_str(as_obj(item).get("Id")) for item in as_list(summaries)]
         # The summary lacks exit code, OOM flag and times; a container may go between the calls.
         states = await asyncio.gather(*(self.inspect(container_id) for container_id in ids))
         return [state for state in states if state is not None]
@@ -439,7 +362,7 @@ class DockerRuntime:
                     raise ContainerError(f"{action}: the log is not multiplexed (a TTY container?)")
                 remaining = int.from_bytes(header[4:], "big")
                 while remaining:
-                    chunk = await reader.read(min(remaining, _CHUNK_BYTES))
+                    chunk = await reader.read(min(remaining, CHUNK_BYTES))
                     if not chunk:
                         raise ContainerError(f"{action}: the log ends inside a frame")
                     remaining -= len(chunk)
@@ -458,7 +381,7 @@ class DockerRuntime:
                 # output folder cut its download from ~450 to ~28 MiB/s (bench/, data scenario).
                 headers={"Accept-Encoding": "identity"},
             ) as response:
-                async for chunk in response.content.iter_chunked(_CHUNK_BYTES):
+                async for chunk in response.content.iter_chunked(CHUNK_BYTES):
                     yield chunk
         except ContainerNotFound as exc:
             raise await self._archive_not_found(container_id, action) from exc
@@ -485,8 +408,8 @@ class DockerRuntime:
             "watch container events", "events", params={"filters": json.dumps(filters)}
         ) as response:
             try:
-                async for item in _json_lines(response, "watch container events"):
-                    event = _container_event(item)
+                async for item in json_lines(response, "watch container events"):
+                    event = container_event(item)
                     if event is not None:
                         yield event
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
@@ -502,296 +425,14 @@ class DockerRuntime:
             params={"stream": "1"},
         ) as response:
             try:
-                async for item in _json_lines(response, f"read stats of {container_id}"):
-                    read_at = _parse_time(item.get("read"))
+                async for item in json_lines(response, f"read stats of {container_id}"):
+                    read_at = parse_time(item.get("read"))
                     if read_at is None:
                         # Once the container stops the engine streams empty samples until it is
                         # removed; the first one means we are done.
                         return
-                    sample = _stats_sample(item, read_at)
+                    sample = stats_sample(item, read_at)
                     if sample is not None:
                         yield sample
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError):
                 return
-
-
-# ---------------------------------------------------------------------- error translation
-class _Conflict(ContainerError):
-    """A 409 from the engine; callers decide whether the conflict is harmless."""
-
-
-class _Missing(AdapterError):
-    """A 404 for something that is neither a container nor an image."""
-
-
-@contextmanager
-def _translated(action: str, not_found: type[AdapterError]) -> Iterator[None]:
-    try:
-        yield
-    except AdapterError:
-        raise
-    except aiodocker.DockerError as exc:
-        message = f"{action}: {exc.message}"
-        if exc.status == 404:
-            raise not_found(message) from exc
-        if exc.status == 409:
-            raise _Conflict(message) from exc
-        # aiodocker reports an unreachable engine as 900 and a bad context config as 0.
-        if exc.status in (0, 900):
-            raise RuntimeUnavailable(message) from exc
-        raise ContainerError(message) from exc
-    except aiohttp.ClientConnectionError as exc:
-        raise RuntimeUnavailable(f"{action}: lost the connection to the engine: {exc}") from exc
-    except (aiohttp.ClientError, ValueError) as exc:
-        # ValueError: a body the engine sent that is not the JSON it promised.
-        raise ContainerError(f"{action}: {exc}") from exc
-
-
-# ---------------------------------------------------------------------- mapping
-def _container_config(spec: ContainerSpec) -> _Json:
-    host_config: _Json = {
-        "Init": True,  # a shell as PID 1 ignores SIGTERM; tini forwards it
-        "CapDrop": ["ALL"],
-        "SecurityOpt": ["no-new-privileges"],
-        "PidsLimit": spec.pids_limit,
-        "Memory": spec.memory_bytes,
-        "MemorySwap": spec.memory_bytes,  # equal to Memory: no swap on top
-        "NanoCpus": spec.nano_cpus,
-        "NetworkMode": spec.network or "none",
-        "ReadonlyRootfs": spec.read_only_root,
-        "Tmpfs": dict(spec.tmpfs),
-        "Ulimits": [{"Name": name, "Soft": v, "Hard": v} for name, v in spec.ulimits.items()],
-        "LogConfig": _log_config(spec.log_max_bytes),
-        "AutoRemove": False,  # the outputs and exit code are read after exit
-        "RestartPolicy": {"Name": "no"},
-    }
-    if spec.disk_bytes is not None:
-        host_config["StorageOpt"] = {"size": str(spec.disk_bytes)}
-    return {
-        "Image": spec.image,
-        # An empty Entrypoint list (unlike a missing one) drops the image's entrypoint.
-        "Entrypoint": [],
-        "Cmd": list(spec.command),
-        "Env": [f"{key}={value}" for key, value in spec.env.items()],
-        "Labels": dict(spec.labels),
-        "User": spec.user,
-        "WorkingDir": spec.working_dir,
-        "AttachStdin": False,
-        "AttachStdout": False,
-        "AttachStderr": False,
-        "Tty": False,
-        "OpenStdin": False,
-        "HostConfig": host_config,
-    }
-
-
-class _Zeros(io.RawIOBase):
-    """`size` zero bytes, read in any chunks (a tar member's body without holding it)."""
-
-    def __init__(self, size: int) -> None:
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), self.left)
-        buffer[:n] = bytes(n)
-        self.left -= n
-        return n
-
-
-class _BuildLog:
-    """The build's output, keeping its last `limit` characters (where a failure shows)."""
-
-    def __init__(self, limit: int = _BUILD_LOG_CHARS) -> None:
-        self.limit = limit
-        self.parts: deque[str] = deque()
-        self.size = 0
-        self.dropped = False
-
-    def add(self, text: str) -> None:
-        self.parts.append(text)
-        self.size += len(text)
-        while self.size > self.limit and len(self.parts) > 1:
-            self.size -= len(self.parts.popleft())
-            self.dropped = True
-
-    def text(self) -> str:
-        body = "".join(self.parts)[-self.limit :]
-        return f"[taskdeploy: earlier build output left out]\n{body}" if self.dropped else body
-
-
-def _build_limit_params(limits: BuildLimits) -> dict[str, str]:
-    period = 100_000  # CFS period in microseconds; the quota is the CPUs' share of it
-    return {
-        "memory": str(limits.memory_bytes),
-        "memswap": str(limits.memory_bytes),  # equal to memory: no swap on top
-        "cpuperiod": str(period),
-        "cpuquota": str(max(1000, limits.nano_cpus * period // 1_000_000_000)),
-        "ulimits": json.dumps([{"Name": "nofile", "Soft": limits.nofile, "Hard": limits.nofile}]),
-    }
-
-
-def _log_config(max_bytes: int) -> _Json:
-    # "local", not "json-file": json-file stores lines as JSON strings and turns invalid UTF-8 into
-    # U+FFFD, while "local" keeps the bytes. Two files of half the budget each, because a single
-    # file is truncated on rotation and can leave almost nothing; two always keep a recent tail.
-    # The budget counts the driver's framing too (about 30 bytes per line).
-    return {
-        "Type": "local",
-        "Config": {
-            "max-size": str(max(max_bytes // 2, 1)),
-            "max-file": "2",
-            "compress": "false",
-        },
-    }
-
-
-def _container_state(data: _Json) -> ContainerState:
-    state = _obj(data.get("State"))
-    status = _str(state.get("Status"))
-    running = state.get("Running") is True
-    finished_at = _parse_time(state.get("FinishedAt"))
-    exited = not running and (status in ("exited", "dead") or finished_at is not None)
-    return ContainerState(
-        id=_str(data.get("Id")),
-        status=status,
-        running=running,
-        exit_code=_int(state.get("ExitCode")) if exited else None,
-        oom_killed=state.get("OOMKilled") is True,
-        started_at=_parse_time(state.get("StartedAt")),
-        finished_at=finished_at,
-        labels=_str_map(_obj(data.get("Config")).get("Labels")),
-        image_id=_str(data.get("Image")),
-    )
-
-
-def _image_summary(data: _Json) -> ImageInfo:
-    created = _int(data.get("Created"))
-    return ImageInfo(
-        id=_str(data.get("Id")),
-        tags=_tags(data.get("RepoTags")),
-        size=_int(data.get("Size")) or 0,
-        labels=_str_map(data.get("Labels")),
-        created=datetime.fromtimestamp(created, UTC) if created else None,
-    )
-
-
-def _container_event(data: _Json) -> ContainerEvent | None:
-    action = _str(data.get("Action") or data.get("status"))
-    actor = _obj(data.get("Actor"))
-    container_id = _str(actor.get("ID") or data.get("id"))
-    if not action or not container_id:
-        return None
-    attributes = _str_map(actor.get("Attributes"))
-    return ContainerEvent(
-        action=action,
-        container_id=container_id,
-        exit_code=_int_text(attributes.get("exitCode")),
-        labels={k: v for k, v in attributes.items() if k not in _NON_LABEL_ATTRIBUTES},
-        time_nano=_int(data.get("timeNano")) or (_int(data.get("time")) or 0) * 1_000_000_000,
-    )
-
-
-def _stats_sample(data: _Json, read_at: datetime) -> StatsSample | None:
-    memory = _obj(data.get("memory_stats"))
-    usage = _int(memory.get("usage"))
-    cpu_total = _int(_obj(_obj(data.get("cpu_stats")).get("cpu_usage")).get("total_usage"))
-    if usage is None or cpu_total is None:
-        return None
-    details = _obj(memory.get("stats"))
-    # Usage includes page cache the kernel can drop; `docker stats` subtracts the same.
-    inactive = _int(details.get("total_inactive_file"))  # cgroup v1
-    if inactive is None:
-        inactive = _int(details.get("inactive_file")) or 0  # cgroup v2
-    return StatsSample(
-        cpu_total_ns=cpu_total,
-        memory_bytes=usage - inactive if inactive < usage else usage,
-        read_at=read_at,
-    )
-
-
-def _parse_time(value: object) -> datetime | None:
-    """Docker's RFC 3339 times carry nanoseconds, and 0001-01-01 stands for "never"."""
-    if not isinstance(value, str):
-        return None
-    match = _RFC3339.match(value)
-    if match is None or match["base"].startswith("0001-01-01"):
-        return None
-    micros = (match["frac"] or "")[:6].ljust(6, "0")
-    tz = "+00:00" if match["tz"] == "Z" else match["tz"]
-    try:
-        return datetime.fromisoformat(f"{match['base']}.{micros}{tz}").astimezone(UTC)
-    except ValueError:
-        return None
-
-
-# ---------------------------------------------------------------------- streaming helpers
-async def _read_chunks(source: BinaryIO) -> AsyncIterator[bytes]:
-    # A generator rather than the file itself: works for any BinaryIO, never reads ahead more than
-    # one chunk, and keeps file reads off the event loop.
-    while chunk := await asyncio.to_thread(source.read, _CHUNK_BYTES):
-        yield chunk
-
-
-async def _json_lines(response: aiohttp.ClientResponse, action: str) -> AsyncIterator[_Json]:
-    buffer = bytearray()
-    async for chunk in response.content.iter_any():
-        buffer += chunk
-        while (end := buffer.find(b"\n")) >= 0:
-            line = bytes(buffer[:end])
-            del buffer[: end + 1]
-            if line.strip():
-                yield _decode_json_object(line, action)
-        if len(buffer) > _MAX_JSON_LINE_BYTES:
-            raise ContainerError(f"{action}: a stream item exceeds {_MAX_JSON_LINE_BYTES} bytes")
-    if buffer.strip():
-        yield _decode_json_object(bytes(buffer), action)
-
-
-def _decode_json_object(line: bytes, action: str) -> _Json:
-    try:
-        return _obj(json.loads(line))
-    except ValueError as exc:
-        raise ContainerError(f"{action}: the engine sent malformed JSON") from exc
-
-
-# ---------------------------------------------------------------------- JSON narrowing
-def _obj(value: object) -> _Json:
-    return {str(k): v for k, v in value.items()} if isinstance(value, dict) else {}
-
-
-def _list(value: object) -> list[object]:
-    return list(value) if isinstance(value, list) else []
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _int(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        return int(value)
-    return None
-
-
-def _int_text(value: str | None) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def _str_map(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): str(v) for k, v in value.items()}
-
-
-def _tags(value: object) -> list[str]:
-    return [tag for tag in _list(value) if isinstance(tag, str) and tag != "<none>:<none>"]

@@ -1,4 +1,6 @@
-"""The ports services and workers depend on: container runtime, object store, webhook sender."""
+"""The ports services and workers depend on: run backend, image builder, object store,
+webhook sender. Nothing here is shaped by one vendor: tar archives, labels and event streams
+stay inside the adapters."""
 
 from __future__ import annotations
 
@@ -6,9 +8,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import BinaryIO, Literal, Protocol
-
-LogStream = Literal["stdout", "stderr"]
+from typing import BinaryIO, Protocol
 
 
 # --------------------------------------------------------------------------- errors
@@ -59,46 +59,6 @@ class ObjectNotFound(ObjectStoreRefused):
 
 # --------------------------------------------------------------------------- values
 @dataclass(frozen=True, slots=True)
-class ImageInfo:
-    id: str
-    tags: list[str]
-    size: int
-    labels: dict[str, str]
-    created: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BuildResult:
-    image_id: str
-    log: str
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerSpec:
-    """Everything needed to create one job container; the adapter maps it to the engine's API."""
-
-    image: str
-    command: list[str]
-    env: dict[str, str]
-    labels: dict[str, str]
-    user: str = "65534:65534"
-    working_dir: str = "/workspace"
-    nano_cpus: int = 1_000_000_000
-    memory_bytes: int = 256 * 1024 * 1024
-    pids_limit: int = 256
-    network: str | None = None  # the network to join; None: no network at all
-    log_max_bytes: int = 1024 * 1024
-    # The cap of the container's writable layer, where the workspace lives (None: no cap).
-    disk_bytes: int | None = None
-    ulimits: dict[str, int] = field(default_factory=dict)  # RLIMIT name -> soft = hard limit
-    tmpfs: dict[str, str] = field(default_factory=lambda: {"/tmp": "rw,nosuid,nodev,size=64m"})
-    # The workspace is staged into the writable layer, so the root stays writable (for the
-    # job only where the image lets its uid write, all of it under `disk_bytes`).
-    read_only_root: bool = False
-    name: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class BuildLimits:
     """What one image build may use: its RUN steps are other people's package installs."""
 
@@ -108,110 +68,273 @@ class BuildLimits:
 
 
 @dataclass(frozen=True, slots=True)
-class NetworkInfo:
-    name: str
-    driver: str
-    options: dict[str, str]
-
-
-class DiskLimitUnsupported(AdapterError):
-    """The engine cannot cap a container's writable layer (its storage driver has no quotas)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerState:
-    id: str
-    status: str  # created | running | paused | restarting | removing | exited | dead
-    running: bool
-    exit_code: int | None
-    oom_killed: bool
-    started_at: datetime | None
-    finished_at: datetime | None
-    labels: dict[str, str]
-    image_id: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerEvent:
-    action: str  # die | oom | start | ...
-    container_id: str
-    exit_code: int | None
-    labels: dict[str, str]
-    time_nano: int
-
-
-@dataclass(frozen=True, slots=True)
-class StatsSample:
-    """One sample of Docker's stats stream (the fallback when the in-container sampler is absent)."""
-
-    cpu_total_ns: int
-    memory_bytes: int
-    read_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class ObjectInfo:
     key: str  # the full key in the bucket
     size: int
 
 
-# --------------------------------------------------------------------------- ports
-class ContainerRuntime(Protocol):
-    """What the executor, watcher, reconciler and janitor need from a container engine."""
+# --------------------------------------------------------------------------- run backend
+# Where a job sees its files, whatever runs it: the wrapper and the command sit in META_DIR.
+WORKSPACE = "/workspace"
+INPUT_DIR = f"{WORKSPACE}/input"
+OUTPUT_DIR = f"{WORKSPACE}/output"
+META_DIR = f"{WORKSPACE}/.taskdeploy"
+JOB_UID = 65534
+
+
+class AttemptLost(AdapterError):
+    """The backend no longer has the attempt (removed outside the service, or its host gone)."""
+
+
+class BackendMisconfigured(AdapterError):
+    """The backend cannot run jobs safely as configured (no disk caps, an open job network)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptSpec:
+    """One attempt of one run, in the service's terms; the backend maps it to its own API."""
+
+    run_id: str
+    attempt: int
+    instance_id: str  # the replica that launches it
+    image: str  # an environment image the ImageBuilder made
+    command: str  # the user's shell command, run by the service's wrapper as data
+    env: dict[str, str]
+    nano_cpus: int
+    memory_bytes: int
+    pids_limit: int
+    tmp_bytes: int
+    nofile: int
+    file_size_bytes: int  # no single file beyond it (a backstop for a backend without disk caps)
+    disk_bytes: int | None  # the cap of the workspace (None: not capped)
+    network: str | None  # the job network to join; None: no network at all
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRef:
+    """A launched attempt: `handle` is the backend's own id of it (a container id ...)."""
+
+    run_id: str
+    attempt: int
+    handle: str
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """An attempt the backend holds, as `find` and `owned` list it."""
+
+    ref: AttemptRef
+    instance_id: str  # the replica that launched it
+    started_at: datetime | None  # None: launched, never started
+    running: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptExit:
+    """How an attempt's command ended, as the backend itself saw it (never as the job says)."""
+
+    code: int | None
+    oom_killed: bool = False
+    stopped_outside: bool = False  # stopped by someone else than the service (an engine restart)
+    disk_full: bool = False  # the job had filled its disk cap
+
+
+class InputFile(Protocol):
+    """One input file for the workspace, `size` bytes under INPUT_DIR; it copies itself."""
+
+    @property
+    def path(self) -> str:
+        """Relative to INPUT_DIR, already checked safe."""
+        ...
+
+    @property
+    def size(self) -> int: ...
+
+    async def copy_to(self, fileobj: BinaryIO) -> int:
+        """Writes exactly `size` bytes to `fileobj` (or raises); returns the bytes written."""
+        ...
+
+
+class Capture:
+    """Keeps the first `head` and the last `tail` bytes of one file's body of `size` bytes,
+    counting the rest without keeping it."""
+
+    def __init__(self, size: int, head: int, tail: int = 0) -> None:
+        self.size = size
+        self.head_limit = head
+        self.tail_limit = tail
+        self.received = 0
+        self._head = bytearray()
+        self._tail = bytearray()
+
+    def __call__(self, piece: memoryview | bytes) -> None:
+        self.received += len(piece)
+        room = self.head_limit - len(self._head)
+        if room > 0:
+            self._head += piece[:room]
+            piece = piece[room:]
+        if piece and self.tail_limit:
+            self._tail += piece
+            if len(self._tail) > 2 * self.tail_limit:  # trimmed now and then, not per piece
+                del self._tail[: -self.tail_limit]
+
+    @property
+    def complete(self) -> bool:
+        """The whole body went through (not only what was kept)."""
+        return self.received >= self.size
+
+    @property
+    def satisfied(self) -> bool:
+        """Nothing more would be kept: complete, or only a head is wanted and it is full."""
+        return self.complete or (not self.tail_limit and len(self._head) >= self.head_limit)
+
+    @property
+    def head(self) -> bytes:
+        return bytes(self._head)
+
+    @property
+    def tail(self) -> bytes:
+        return bytes(self._tail[-self.tail_limit :]) if self.tail_limit else b""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptureLimits:
+    """How much of what a job left is read back (all of it was written by the job)."""
+
+    log_bytes: int  # stdout.log / stderr.log, each
+    output_files: int
+    output_bytes: int
+    output_key_bytes: int  # the longest output path that still makes an object key
+    reserved: frozenset[str] = frozenset()  # output names that clash with the service's files
+
+
+@dataclass(frozen=True, slots=True)
+class OutputEntry:
+    """One entry of the output folder, before its body is read."""
+
+    path: str  # as the job named it, relative to OUTPUT_DIR (not yet checked)
+    kind: str  # regular | hardlink | symlink | device | directory | fifo | other
+    size: int
+    link: str = ""  # a hard link's target, as named in the same listing
+
+
+class OutputSink(Protocol):
+    """Where collected outputs go: it decides, entry by entry, which bodies it takes (the caps),
+    then receives each taken body, once the listing is read."""
+
+    def offer(self, entry: OutputEntry) -> str | None:
+        """The name to store the entry under, or None to leave it (and list it as skipped)."""
+        ...
+
+    @property
+    def full(self) -> bool:
+        """No more entries are wanted: stop reading the listing."""
+        ...
+
+    async def receive(self, name: str, body: BinaryIO, size: int) -> None: ...
+
+
+@dataclass
+class Collected:
+    """What `collect` read back: the wrapper's files (bounded captures) and notes on what was
+    left out. Output bodies went to the sink."""
+
+    files: dict[str, Capture] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    output_problem: str | None = None  # the output folder could not be read (and why)
+    listing_incomplete: bool = False
+
+
+class RunBackend(Protocol):
+    """What the run pipeline needs from any place that runs containers."""
 
     async def ping(self) -> None: ...
 
-    async def image_info(self, ref: str) -> ImageInfo | None: ...
-
-    async def build_image(
-        self,
-        context_tar: BinaryIO,
-        *,
-        tag: str,
-        labels: dict[str, str],
-        buildargs: dict[str, str],
-        limits: BuildLimits | None = None,
-    ) -> BuildResult: ...
-
-    async def list_images(self, label: str) -> list[ImageInfo]: ...
-
-    async def remove_image(self, ref: str) -> None: ...
-
-    async def prune_dangling_images(self, older_than_seconds: float) -> int: ...
-
-    async def create_container(self, spec: ContainerSpec) -> str: ...
-
-    async def put_archive(self, container_id: str, path: str, tar: BinaryIO) -> None: ...
-
-    async def start(self, container_id: str) -> None: ...
-
-    async def wait(self, container_id: str) -> ContainerState: ...
-
-    async def inspect(self, container_id: str) -> ContainerState | None: ...
-
-    async def kill(self, container_id: str, signal: str = "SIGKILL") -> None: ...
-
-    async def has_disk_room(self, container_id: str, needed: int) -> bool:
-        """Whether `needed` more bytes still fit the (stopped) container's capped layer."""
+    async def check(self, *, disk_limits: bool, network: str | None, images: list[str]) -> None:
+        """Raises BackendMisconfigured when it cannot cap disks (if asked) or has no safe
+        job network (when given); a backend that cannot be reached yet passes."""
         ...
 
-    async def network_info(self, name: str) -> NetworkInfo | None: ...
+    async def launch(self, spec: AttemptSpec, inputs: list[InputFile]) -> AttemptRef:
+        """Creates the attempt (not started) with the workspace staged: the wrapper, the
+        command, the inputs. Leaves nothing behind when it raises."""
+        ...
 
-    async def remove(self, container_id: str) -> None: ...
+    async def start(self, ref: AttemptRef) -> None: ...
 
-    async def list_containers(self, labels: dict[str, str]) -> list[ContainerState]: ...
+    async def wait(self, ref: AttemptRef, timeout: float) -> AttemptExit | None:
+        """Its exit once it has ended (at once if it had), or None after `timeout` seconds."""
+        ...
 
-    def stream_logs(self, container_id: str, stream: LogStream) -> AsyncIterator[bytes]: ...
+    async def stop(self, ref: AttemptRef, grace: float) -> None:
+        """Asks the command to end, kills it after `grace` seconds; returns once it ended."""
+        ...
 
-    def stream_archive(self, container_id: str, path: str) -> AsyncIterator[bytes]: ...
+    async def collect(self, ref: AttemptRef, limits: CaptureLimits, sink: OutputSink) -> Collected:
+        """Reads back an ended attempt's wrapper files and outputs within `limits`."""
+        ...
 
-    def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]: ...
+    async def read_live(self, handle: str, name: str, capture: Capture, max_bytes: int) -> bool:
+        """Feeds the wrapper's file `name` (stdout.log, metrics.tsv ...) of a running attempt
+        to `capture`, reading at most about `max_bytes`; False when it is not there."""
+        ...
 
-    def stats(self, container_id: str) -> AsyncIterator[StatsSample]: ...
+    async def forget(self, ref: AttemptRef) -> None:
+        """Removes the attempt and everything it held; harmless when it is already gone."""
+        ...
+
+    async def find(self, run_id: str) -> list[AttemptInfo]:
+        """The attempts the backend holds for a run (one, normally)."""
+        ...
+
+    async def owned(self) -> list[AttemptInfo]:
+        """Every attempt of this service the backend holds, whichever replica launched it."""
+        ...
+
+    async def watch(self) -> None:
+        """Follows the backend's own exit notices until they end (then call it again); waits
+        complete sooner while it runs."""
+        ...
 
     async def close(self) -> None: ...
 
 
+# --------------------------------------------------------------------------- images
+@dataclass(frozen=True, slots=True)
+class EnvironmentImage:
+    key: str
+    ref: str  # what AttemptSpec.image names
+    image_id: str
+    size: int
+
+
+class ImageBuilder(Protocol):
+    """Makes and keeps environment images (base image + packages), keyed by the service."""
+
+    async def base_id(self, image: str) -> str | None:
+        """The id of a base image the backend holds; None when it has not got it."""
+        ...
+
+    async def find(self, key: str) -> EnvironmentImage | None: ...
+
+    async def build(
+        self, key: str, base_id: str, packages: list[str], limits: BuildLimits | None
+    ) -> EnvironmentImage:
+        """Raises ImageBuildFailed with the build's log."""
+        ...
+
+    async def cached(self) -> list[EnvironmentImage]: ...
+
+    async def evict(self, image: EnvironmentImage) -> bool:
+        """Removes it unless an attempt still uses it; True when it went."""
+        ...
+
+    async def prune(self, older_than_seconds: float) -> int:
+        """Removes what failed builds left behind; returns how many went."""
+        ...
+
+
+# --------------------------------------------------------------------------- object store
 class ObjectStore(Protocol):
     """A bucket/key store: S3 or a local directory with one folder per bucket."""
 

@@ -4,27 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import logging
-import tarfile
 import time
 from dataclasses import dataclass
 from importlib import resources
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.adapters.ports import BuildLimits, ContainerRuntime, ImageBuildFailed
+from app.adapters.ports import BuildLimits, EnvironmentImage, ImageBuilder, ImageBuildFailed
 from app.db import utcnow
 from app.observability import IMAGE_BUILD_SECONDS, IMAGE_CACHE
 from app.repositories import EnvironmentImageRepository, RunRepository
 
 log = logging.getLogger(__name__)
-
-MANAGED_LABEL = "taskdeploy.managed"
-KIND_LABEL = "taskdeploy.kind"
-KEY_LABEL = "taskdeploy.env_key"
-PACKAGES_LABEL = "taskdeploy.packages"
-TAG_REPOSITORY = "taskdeploy-env"
 
 
 class EnvironmentUnavailable(Exception):
@@ -58,37 +50,24 @@ def environment_key(base_image_id: str, packages: list[str], template_version: s
     return digest.hexdigest()
 
 
-def build_context(packages: list[str]) -> io.BytesIO:
-    """The build context as an in-memory tar: a fixed Dockerfile, the installer, the list."""
-    files = {
-        "Dockerfile": _asset("Dockerfile.env"),
-        "install-packages.sh": _asset("install-packages.sh"),
-        "packages.txt": "".join(f"{p}\n" for p in sorted(set(packages))).encode(),
-    }
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    buffer.seek(0)
-    return buffer
-
-
 class EnvironmentImages:
-    """Finds or builds environment images; concurrent requests for one key share one build."""
+    """Finds or builds environment images; concurrent requests for one key share one build.
+
+    An image chosen for a run is pinned (`pin`, before it is looked up) until the run's
+    attempt exists on the backend (which then holds it): eviction never takes a pinned image,
+    and a pin waits for an eviction of its key in progress, so an image cannot vanish between
+    being chosen and being used."""
 
     def __init__(
         self,
-        runtime: ContainerRuntime,
+        builder: ImageBuilder,
         sessionmaker: async_sessionmaker[AsyncSession],
         *,
         template_version: str,
         build_timeout: float,
         build_limits: BuildLimits | None = None,
     ) -> None:
-        self.runtime = runtime
+        self.builder = builder
         self.sessionmaker = sessionmaker
         # The template's own bytes are part of the key: editing it retires every cached image.
         template_digest = hashlib.sha256(
@@ -98,62 +77,69 @@ class EnvironmentImages:
         self.build_timeout = build_timeout
         self.build_limits = build_limits
         self._builds: dict[str, asyncio.Task[EnvironmentImageRef]] = {}
+        self._pins: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # a pin and an eviction of one key exclude
         self.hits = 0
         self.misses = 0
 
-    @staticmethod
-    def tag_for(key: str) -> str:
-        return f"{TAG_REPOSITORY}:{key[:32]}"
-
     async def resolve_key(self, base_image: str, packages: list[str]) -> tuple[str, str]:
         """(key, base image id); raises EnvironmentUnavailable when the base image is missing."""
-        info = await self.runtime.image_info(base_image)
-        if info is None:
+        base_id = await self.builder.base_id(base_image)
+        if base_id is None:
             raise EnvironmentUnavailable(
                 f"base image {base_image!r} is not present on the Docker engine and cannot be "
                 "pulled here; build or load it (see scripts/ensure-images.sh)"
             )
-        return environment_key(info.id, packages, self.template_version), info.id
+        return environment_key(base_id, packages, self.template_version), base_id
+
+    async def pin(self, key: str) -> None:
+        """Keeps `key` from eviction until `unpin` (from choosing the image to its attempt
+        existing). Waits for an eviction of `key` in progress: the image is then gone, and
+        the caller's `ensure` builds it again instead of using one about to vanish."""
+        async with self._lock(key):
+            self._pins[key] = self._pins.get(key, 0) + 1
+
+    def unpin(self, key: str) -> None:
+        left = self._pins.get(key, 0) - 1
+        if left > 0:
+            self._pins[key] = left
+            return
+        self._pins.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        return self._locks.setdefault(key, asyncio.Lock())
 
     async def ensure(
         self, key: str, base_image_id: str, base_image: str, packages: list[str]
     ) -> EnvironmentImageRef:
-        tag = self.tag_for(key)
-        existing = await self.runtime.image_info(tag)
+        existing = await self.builder.find(key)
         if existing is not None:
             self.hits += 1
             IMAGE_CACHE.labels("hit").inc()
-            await self._record(key, tag, existing.id, base_image, packages, existing.size)
-            return EnvironmentImageRef(key, tag, existing.id, cached=True)
+            await self._record(
+                key, existing.ref, existing.image_id, base_image, packages, existing.size
+            )
+            return EnvironmentImageRef(key, existing.ref, existing.image_id, cached=True)
         task = self._builds.get(key)
         if task is None:
             self.misses += 1
             IMAGE_CACHE.labels("miss").inc()
-            task = asyncio.create_task(self._build(key, tag, base_image_id, base_image, packages))
+            task = asyncio.create_task(self._build(key, base_image_id, base_image, packages))
             self._builds[key] = task
             task.add_done_callback(lambda _t: self._builds.pop(key, None))
         # shield: one waiter being cancelled must not abort the build the others share.
         return await asyncio.shield(task)
 
     async def _build(
-        self, key: str, tag: str, base_image_id: str, base_image: str, packages: list[str]
+        self, key: str, base_image_id: str, base_image: str, packages: list[str]
     ) -> EnvironmentImageRef:
         started = time.monotonic()
-        labels = {
-            MANAGED_LABEL: "true",
-            KIND_LABEL: "environment",
-            KEY_LABEL: key,
-            PACKAGES_LABEL: ",".join(sorted(set(packages))),
-        }
         try:
-            result = await asyncio.wait_for(
-                self.runtime.build_image(
-                    build_context(packages),
-                    tag=tag,
-                    labels=labels,
-                    buildargs={"BASE_IMAGE": base_image_id},
-                    limits=self.build_limits,
-                ),
+            built = await asyncio.wait_for(
+                self.builder.build(key, base_image_id, packages, self.build_limits),
                 self.build_timeout,
             )
         except ImageBuildFailed as exc:
@@ -166,12 +152,11 @@ class EnvironmentImages:
             ) from exc
         elapsed = time.monotonic() - started
         IMAGE_BUILD_SECONDS.observe(elapsed)
-        info = await self.runtime.image_info(tag)
-        await self._record(
-            key, tag, result.image_id, base_image, packages, info.size if info else 0
+        await self._record(key, built.ref, built.image_id, base_image, packages, built.size)
+        log.info("built environment image %s in %.1f s", built.ref, elapsed)
+        return EnvironmentImageRef(
+            key, built.ref, built.image_id, cached=False, build_seconds=elapsed
         )
-        log.info("built environment image %s in %.1f s", tag, elapsed)
-        return EnvironmentImageRef(key, tag, result.image_id, cached=False, build_seconds=elapsed)
 
     async def _record(
         self, key: str, tag: str, image_id: str, base_image: str, packages: list[str], size: int
@@ -193,12 +178,12 @@ class EnvironmentImages:
 
     async def evict(self, *, max_count: int, max_bytes: int) -> list[str]:
         """Removes least-recently-used environment images beyond the caps, never one in use
-        and never one another service (with another database) built on the same engine."""
-        images = await self.runtime.list_images(f"{KIND_LABEL}=environment")
+        (a run's recorded key, a pin, a build, a container the backend holds) and never one
+        another service (with another database) built on the same engine."""
+        images = await self.builder.cached()
         async with self.sessionmaker() as session:
             in_use = await RunRepository(session).env_keys_in_use()
             rows = {row.key: row for row in await EnvironmentImageRepository(session).all()}
-        in_flight = set(self._builds)
 
         def last_used(key: str) -> float:
             row = rows.get(key)
@@ -206,22 +191,32 @@ class EnvironmentImages:
 
         # Only images this service's database knows: an engine may hold other services' cache
         # (their own database says when those are in use, not ours).
-        keyed = [(key, img) for img in images if (key := img.labels.get(KEY_LABEL, "")) in rows]
-        keyed.sort(key=lambda pair: last_used(pair[0]))
-        count, total = len(keyed), sum(img.size for _, img in keyed)
+        keyed = sorted((img for img in images if img.key in rows), key=lambda i: last_used(i.key))
+        count, total = len(keyed), sum(img.size for img in keyed)
         removed: list[str] = []
-        for key, img in keyed:
+        for img in keyed:
             if count <= max_count and total <= max_bytes:
                 break
-            if key in in_use or key in in_flight:
+            if img.key in in_use or not await self._evict_unpinned(img):
                 continue
-            for ref in img.tags or [img.id]:
-                await self.runtime.remove_image(ref)
             count -= 1
             total -= img.size
-            removed.append(key)
+            removed.append(img.key)
             async with self.sessionmaker() as session, session.begin():
-                await EnvironmentImageRepository(session).delete(key)
+                await EnvironmentImageRepository(session).delete(img.key)
         if removed:
             log.info("evicted %d environment image(s)", len(removed))
         return removed
+
+    async def _evict_unpinned(self, image: EnvironmentImage) -> bool:
+        async with self._lock(image.key):
+            if image.key in self._pins or image.key in self._builds:
+                return False
+            # False when an attempt still uses it (the backend refuses).
+            gone = await self.builder.evict(image)
+        if image.key not in self._pins:
+            self._locks.pop(image.key, None)
+        return gone
+
+    async def prune(self, older_than_seconds: float) -> int:
+        return await self.builder.prune(older_than_seconds)

@@ -17,7 +17,7 @@ CLOCK_RESOLUTION_SECONDS = 0.01
 MIN_RATE_WINDOW_SECONDS = 0.05
 
 # Bounds on a file the job can write (it owns metrics.tsv as much as the wrapper does): of the
-# head and of the tail that were kept (see app/services/joboutput.py) at most this many lines
+# head and of the tail that were kept (see app/adapters/wrapper_files.py) at most this many lines
 # each are parsed, spread evenly (the first and last few always). The counters are cumulative,
 # so CPU time and the rates between parsed samples stay exact averages. Python work per line
 # is what holds the GIL (and so the event loop): this keeps a parse near 30 ms.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from app.services.tarstream import TarEntry, TarStreamParser
+from app.adapters.tarstream import TarEntry, TarStreamParser
 
 MAX_SKIPPED_LISTED = 1000
 # How many entries of the output archive are read at most (or twice the file cap, if larger):

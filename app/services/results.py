@@ -11,23 +11,21 @@ from typing import Any
 from app.adapters.ports import (
     AdapterError,
     BucketNotFound,
-    ContainerRuntime,
+    Capture,
     ObjectNotFound,
     ObjectStore,
     ObjectStoreError,
+    RunBackend,
 )
-from app.errors import Conflict, NotFound, ServiceUnavailable
-from app.models import Run, RunState
-from app.observability import CONTAINER_FILE_READS
-from app.services.joboutput import (
-    META_PATH,
+from app.adapters.wrapper_files import (
     METRICS_FILE,
     METRICS_HEAD_BYTES,
     METRICS_READ_BYTES,
     METRICS_TAIL_BYTES,
-    BodyCapture,
-    read_container_file,
 )
+from app.errors import Conflict, NotFound, ServiceUnavailable
+from app.models import Run, RunState
+from app.observability import CONTAINER_FILE_READS
 from app.services.metrics import parse_metrics_tsv, read_metrics
 from app.services.runs import log_name, result_location
 from app.services.s3uri import parse_s3_uri
@@ -53,11 +51,11 @@ class RunResults:
         self,
         store: ObjectStore,
         max_log_bytes: int,
-        runtime: ContainerRuntime,
+        backend: RunBackend,
     ) -> None:
         self.store = store
         self.max_log_bytes = max_log_bytes
-        self.runtime = runtime
+        self.backend = backend
         self._live_metrics: dict[str, _LiveMetrics] = {}
         self._live_metrics_reads: dict[str, asyncio.Future[bytes]] = {}
 
@@ -142,13 +140,11 @@ class RunResults:
         started = loop.time()
         CONTAINER_FILE_READS.labels(file=METRICS_FILE).inc()
         try:
-            capture = await read_container_file(
-                self.runtime,
-                container_id,
-                f"{META_PATH}/{METRICS_FILE}",
-                lambda size: BodyCapture(size, METRICS_HEAD_BYTES, METRICS_TAIL_BYTES),
-                max_bytes=METRICS_READ_BYTES,
+            read = Capture(0, METRICS_HEAD_BYTES, METRICS_TAIL_BYTES)
+            there = await self.backend.read_live(
+                container_id, METRICS_FILE, read, METRICS_READ_BYTES
             )
+            capture = read if there else None
         except AdapterError:
             capture = None  # not there yet, or already removed: the next look tells
         body = await asyncio.to_thread(_render_live_metrics, run_id, capture)
@@ -183,20 +179,17 @@ class RunResults:
             name = f"{stream}.log"
             CONTAINER_FILE_READS.labels(file=name).inc()
             try:
-                capture = await read_container_file(
-                    self.runtime,
-                    container_id,
-                    f"{META_PATH}/{name}",
-                    lambda size: BodyCapture(size, self.max_log_bytes),
-                    max_bytes=self.max_log_bytes + 64 * 1024,
+                capture = Capture(0, self.max_log_bytes)
+                there = await self.backend.read_live(
+                    container_id, name, capture, self.max_log_bytes + 64 * 1024
                 )
             except AdapterError:
                 return b""  # not there yet, or already removed: the next look tells
-            return capture.head if capture is not None else b""
+            return capture.head if there else b""
         return b""
 
 
-def _render_live_metrics(run_id: str, capture: BodyCapture | None) -> bytes:
+def _render_live_metrics(run_id: str, capture: Capture | None) -> bytes:
     """Blocking: parses what was read of metrics.tsv and renders the answer."""
     if capture is None:
         report = parse_metrics_tsv("")

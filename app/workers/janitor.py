@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from app.adapters.ports import ContainerRuntime
 from app.services.environments import EnvironmentImages
 from app.workers.base import LoopService
 
@@ -17,7 +16,6 @@ class Janitor(LoopService):
     def __init__(
         self,
         environments: EnvironmentImages,
-        runtime: ContainerRuntime,
         *,
         max_images: int,
         max_bytes: int,
@@ -26,7 +24,6 @@ class Janitor(LoopService):
     ) -> None:
         super().__init__(interval)
         self.environments = environments
-        self.runtime = runtime
         self.max_images = max_images
         self.max_bytes = max_bytes
         # Leftovers of failed builds, once no build that may still use them can be running.
@@ -34,6 +31,6 @@ class Janitor(LoopService):
 
     async def run_once(self) -> None:
         await self.environments.evict(max_count=self.max_images, max_bytes=self.max_bytes)
-        pruned = await self.runtime.prune_dangling_images(self.prune_after_seconds)
+        pruned = await self.environments.prune(self.prune_after_seconds)
         if pruned:
             log.info("pruned %d dangling image(s)", pruned)

@@ -16,6 +16,7 @@ from app.adapters.ports import WebhookSender
 from app.db import utcnow
 from app.models import WebhookAttempt, WebhookDelivery
 from app.observability import WEBHOOK_DELIVERIES
+from app.repositories.webhooks import WebhookRepository
 from app.services.webhook_targets import DestinationPolicy
 from app.services.webhooks import (
     EVENT_ID_HEADER,
@@ -28,7 +29,6 @@ from app.services.webhooks import (
     settle,
     signature_header,
 )
-from app.webhook_repository import WebhookRepository
 from app.workers.base import LoopService
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.adapters.ports import AdapterError, ContainerRuntime
+from app.adapters.ports import AdapterError, RunBackend
 from app.db import utcnow
 from app.repositories import RunRepository
 from app.workers.base import LoopService
@@ -34,7 +34,7 @@ class Reconciler(LoopService):
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        runtime: ContainerRuntime,
+        backend: RunBackend,
         dispatcher: Dispatcher,
         *,
         lease_seconds: float,
@@ -42,7 +42,7 @@ class Reconciler(LoopService):
     ) -> None:
         super().__init__(interval)
         self.sessionmaker = sessionmaker
-        self.runtime = runtime
+        self.backend = backend
         self.dispatcher = dispatcher
         self.instance_id = dispatcher.instance_id
         self.lease_seconds = lease_seconds
@@ -69,23 +69,27 @@ class Reconciler(LoopService):
 
     async def remove_leftovers(self) -> int:
         try:
-            containers = await self.runtime.list_containers({"taskdeploy.managed": "true"})
+            attempts = await self.backend.owned()
         except AdapterError as exc:
-            log.warning("reconciler: Docker engine unavailable (%s)", exc)
+            log.warning("reconciler: the run backend is unavailable (%s)", exc)
             return 0
-        run_ids = [c.labels.get("taskdeploy.run_id", "") for c in containers]
         async with self.sessionmaker() as session:
-            states = await RunRepository(session).states_of([r for r in run_ids if r])
+            states = await RunRepository(session).states_of(
+                [a.ref.run_id for a in attempts if a.ref.run_id]
+            )
         removed = 0
-        for run_id, container in zip(run_ids, containers, strict=True):
+        for attempt in attempts:
+            run_id = attempt.ref.run_id
             state = states.get(run_id)
-            mine = container.labels.get("taskdeploy.instance") == self.instance_id
+            mine = attempt.instance_id == self.instance_id
             orphan = (state is None and mine) or (state is not None and state.terminal)
             if not orphan or run_id in self.dispatcher.running:
                 continue
             try:
-                await self.runtime.remove(container.id)
+                await self.backend.forget(attempt.ref)
                 removed += 1
             except AdapterError:
-                log.warning("could not remove leftover container %s", container.id, exc_info=True)
+                log.warning(
+                    "could not remove leftover attempt %s", attempt.ref.handle, exc_info=True
+                )
         return removed

@@ -18,15 +18,12 @@ import pytest
 import pytest_asyncio
 
 from app.adapters.docker import MANAGED_LABEL, DockerRuntime
+from app.adapters.docker_types import ContainerEvent, ContainerSpec, ContainerState, LogStream
 from app.adapters.ports import (
     BuildLimits,
-    ContainerEvent,
     ContainerNotFound,
-    ContainerSpec,
-    ContainerState,
     ImageBuildFailed,
     ImageNotFound,
-    LogStream,
     RuntimeUnavailable,
 )
 

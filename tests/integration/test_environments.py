@@ -14,15 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app import migrate
 from app.adapters.docker import DockerRuntime
-from app.adapters.ports import BuildLimits, BuildResult
+from app.adapters.docker_images import DockerImages, build_context, tag_for
+from app.adapters.docker_types import BuildResult
+from app.adapters.ports import BuildLimits
 from app.db import create_engine, create_sessionmaker
 from app.repositories import EnvironmentImageRepository
-from app.services.environments import (
-    EnvironmentImages,
-    EnvironmentUnavailable,
-    build_context,
-    environment_key,
-)
+from app.services.environments import EnvironmentImages, EnvironmentUnavailable, environment_key
 
 
 class CountingRuntime(DockerRuntime):
@@ -72,7 +69,10 @@ async def test_concurrent_requests_for_one_key_share_one_build(
 ) -> None:
     # A template version unique to this test gives a key no earlier run has built.
     images = EnvironmentImages(
-        runtime, sessionmaker, template_version=f"test-{uuid.uuid4()}", build_timeout=120
+        DockerImages(runtime),
+        sessionmaker,
+        template_version=f"test-{uuid.uuid4()}",
+        build_timeout=120,
     )
     key, base_id = await images.resolve_key("busybox:latest", [])
     try:
@@ -89,13 +89,15 @@ async def test_concurrent_requests_for_one_key_share_one_build(
             row = await EnvironmentImageRepository(session).get(key)
         assert row is not None and row.image_id == refs[0].image_id
     finally:
-        subprocess.run(["docker", "rmi", "-f", images.tag_for(key)], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", tag_for(key)], capture_output=True)
 
 
 async def test_missing_base_image_is_reported_not_pulled(
     runtime: CountingRuntime, sessionmaker: async_sessionmaker[AsyncSession]
 ) -> None:
-    images = EnvironmentImages(runtime, sessionmaker, template_version="1", build_timeout=60)
+    images = EnvironmentImages(
+        DockerImages(runtime), sessionmaker, template_version="1", build_timeout=60
+    )
     with pytest.raises(EnvironmentUnavailable, match="not present on the Docker engine"):
         await images.resolve_key(f"taskdeploy-missing-{uuid.uuid4().hex}:latest", [])
     assert runtime.builds == 0
@@ -124,10 +126,12 @@ async def test_eviction_leaves_the_images_of_another_services_database_alone(
     runtime: CountingRuntime, sessionmaker: async_sessionmaker[AsyncSession], tmp_path: Path
 ) -> None:
     version = f"test-{uuid.uuid4()}"
-    ours = EnvironmentImages(runtime, sessionmaker, template_version=version, build_timeout=120)
+    ours = EnvironmentImages(
+        DockerImages(runtime), sessionmaker, template_version=version, build_timeout=120
+    )
     # Another service on the same engine, with a database of its own and a cache cap of 0.
     theirs = EnvironmentImages(
-        runtime,
+        DockerImages(runtime),
         await sqlite_sessionmaker(tmp_path / "other.db"),
         template_version=version,
         build_timeout=120,
@@ -142,4 +146,4 @@ async def test_eviction_leaves_the_images_of_another_services_database_alone(
         assert await ours.evict(max_count=0, max_bytes=0) == [key]
         assert await runtime.image_info(built.tag) is None
     finally:
-        subprocess.run(["docker", "rmi", "-f", ours.tag_for(key)], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", tag_for(key)], capture_output=True)

@@ -1,4 +1,5 @@
-"""Bounded reads of a container's files, on tar streams made in memory by a fake runtime."""
+"""Bounded reads of a container's files (the Docker adapter's docker_archive), on tar streams
+made in memory by a fake engine."""
 
 from __future__ import annotations
 
@@ -8,14 +9,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from app.adapters.docker_archive import read_file, read_wrapper_files
 from app.adapters.ports import ContainerNotFound
-from app.services.joboutput import (
-    MAX_META_ENTRIES,
-    METRICS_HEAD_BYTES,
-    BodyCapture,
-    read_container_file,
-    read_wrapper_files,
-)
+from app.adapters.wrapper_files import MAX_META_ENTRIES, METRICS_HEAD_BYTES, BodyCapture
 
 MiB = 1024 * 1024
 
@@ -59,6 +55,14 @@ class FakeRuntime:
                 yield data[start : start + 256 * 1024]
         finally:
             self.closed.append(path)
+
+
+async def read_container_file(  # type: ignore[no-untyped-def]
+    runtime, container_id: str, path: str, make, *, max_bytes: int
+) -> BodyCapture | None:
+    capture = make(0)
+    there = await read_file(runtime, container_id, path, capture, max_bytes=max_bytes)
+    return capture if there else None
 
 
 def test_a_capture_keeps_its_head_and_tail_and_counts_all() -> None:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from app.adapters.tarstream import TarEntry, TarStreamParser
 from app.services.outputs import MAX_SKIPPED_LISTED, plan_outputs, safe_member_path
-from app.services.tarstream import TarEntry, TarStreamParser
 
 
 def archive(*members: tuple[str, bytes | None, bytes]) -> bytes:

@@ -13,7 +13,7 @@ import zlib
 
 import pytest
 
-from app.services.workspace import WorkspaceTarWriter
+from app.adapters.docker_workspace import WorkspaceTarWriter
 from app.services.zipinputs import RATIO_MIN_BYTES, ZipEntry, ZipRefused, copy_entry, plan_zip
 
 Member = tuple[str | zipfile.ZipInfo, bytes]

@@ -1,4 +1,5 @@
-"""The job's /workspace as the tar archive that goes in: the wrapper, the command, the inputs."""
+"""The job's /workspace as the tar archive `put_archive` unpacks: the wrapper, the command, the
+inputs (each copied straight from its source into the spool)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ import time
 from importlib import resources
 from typing import BinaryIO, Literal
 
-JOB_UID = 65534
-JOB_GID = 65534
-WORKSPACE = "/workspace"  # in the container's writable layer, under the run's disk cap
-META_DIR = ".taskdeploy"
-ENTRYPOINT = f"{WORKSPACE}/{META_DIR}/entrypoint.sh"
+from app.adapters.ports import JOB_UID, META_DIR, WORKSPACE, InputFile
+
+JOB_GID = JOB_UID
+META = META_DIR.removeprefix(f"{WORKSPACE}/")
+ENTRYPOINT = f"{META_DIR}/entrypoint.sh"
 TAR_FORMAT: Literal[0, 1, 2] = tarfile.PAX_FORMAT
 BLOCK = tarfile.BLOCKSIZE
 
@@ -80,7 +81,24 @@ def write_workspace_skeleton(writer: WorkspaceTarWriter, command: str) -> None:
     """The wrapper, the command as a file, and empty input/ and output/ folders."""
     entrypoint = resources.files("app.assets").joinpath("entrypoint.sh").read_bytes()
     writer.add_dir(".")
-    writer.add_bytes(f"{META_DIR}/entrypoint.sh", entrypoint, mode=0o555)
-    writer.add_bytes(f"{META_DIR}/command.sh", command.encode(), mode=0o444)
+    writer.add_bytes(f"{META}/entrypoint.sh", entrypoint, mode=0o555)
+    writer.add_bytes(f"{META}/command.sh", command.encode(), mode=0o444)
     writer.add_dir("input")
     writer.add_dir("output")
+
+
+class InputChanged(Exception):
+    """An input wrote another number of bytes than it announced."""
+
+
+async def write_workspace(fileobj: BinaryIO, command: str, inputs: list[InputFile]) -> None:
+    """The whole workspace tar: the skeleton, then each input under input/."""
+    writer = WorkspaceTarWriter(fileobj)
+    write_workspace_skeleton(writer, command)
+    for item in inputs:
+        writer.begin_file(f"input/{item.path}", item.size)
+        written = await item.copy_to(fileobj)
+        if written != item.size:
+            raise InputChanged(f"input {item.path!r} gave {written} bytes, not {item.size}")
+        writer.pad(written)
+    writer.close()
