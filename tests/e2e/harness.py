@@ -187,8 +187,11 @@ async def run_to_end(
 async def containers_gone(run_id: str, deadline_s: float = 30) -> None:
     """Waits until the engine holds no container of the run; fails at the deadline."""
     deadline = time.monotonic() + deadline_s
-    while left := docker_ids("ps", "-aq", "--filter", f"label=taskdeploy.run_id={run_id}"):
-        assert time.monotonic() < deadline, f"run {run_id} left containers {left}"
+    label = f"label=taskdeploy.run_id={run_id}"
+    while left := await asyncio.to_thread(docker_ids, "ps", "-aq", "--filter", label):
+        assert time.monotonic() < deadline, (
+            f"run {run_id} left containers {left} after {deadline_s} s"
+        )
         await asyncio.sleep(0.2)
 
 

@@ -23,6 +23,7 @@ from tests.e2e.harness import (
     DEBIAN,
     TERMINAL,
     Service,
+    containers_gone,
     docker_ids,
     launch_service,
     make_run,
@@ -212,12 +213,7 @@ async def test_sigkill_in_each_phase_loses_nothing(
         )
         for name, digest in expect_output.items():
             assert objects.sha256(f"{prefix}output/{name}") == digest
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and docker_ids(
-            "ps", "-aq", "--filter", f"label=taskdeploy.run_id={run_id}"
-        ):
-            await asyncio.sleep(0.2)
-        assert docker_ids("ps", "-aq", "--filter", f"label=taskdeploy.run_id={run_id}") == []
+        await containers_gone(run_id)
         outcome["ok"] = True
     finally:
         restarted.stop()

@@ -24,6 +24,7 @@ from tests.e2e.harness import (
     DEBIAN,
     TERMINAL,
     Service,
+    containers_gone,
     create_database,
     docker_ids,
     get_object,
@@ -72,16 +73,6 @@ async def container_pids(run_id: str) -> int | None:
     )
     text = out.stdout.strip()
     return int(text) if out.returncode == 0 and text.isdigit() else None
-
-
-async def wait_until_container_removed(run_id: str, deadline_s: float = 30) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        label = f"label=taskdeploy.run_id={run_id}"
-        if not await asyncio.to_thread(docker_ids, "ps", "-aq", "--filter", label):
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"the container of run {run_id} is still there after {deadline_s} s")
 
 
 # --------------------------------------------------------------------------- 1. fork bomb
@@ -151,7 +142,7 @@ async def test_fork_bomb_is_held_at_the_pids_limit_and_the_api_stays_responsive(
         assert max(pids) >= 48, f"the bomb never came near the limit: {pids}"
 
         # The container, bomb and all, is gone, and the service still runs an ordinary job.
-        await wait_until_container_removed(run_id)
+        await containers_gone(run_id)
         after = await run_to_end(c, make_run(f"s3://{bucket}/o", command="echo still-here"))
         assert after["state"] == "succeeded", after
         assert (await c.get(f"/v1/runs/{after['id']}/logs")).content == b"still-here\n"

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.harness import TERMINAL, docker_ids, make_run, wait_for_state
+from tests.e2e.harness import TERMINAL, containers_gone, make_run, wait_for_state
 
 
 def old_body(bucket: str, **overrides: Any) -> dict[str, Any]:
@@ -241,16 +240,6 @@ async def test_a_result_prefix_belongs_to_one_run(pg_service: Any, bucket: str) 
 
 
 async def containers_removed(run_ids: list[str], deadline_s: float = 60) -> None:
-    """Polls until the containers of `run_ids` are gone (removed just after the run ends)."""
-    deadline = time.monotonic() + deadline_s
-    left: list[str] = []
-    while time.monotonic() < deadline:
-        left = [
-            run_id
-            for run_id in run_ids
-            if docker_ids("ps", "-aq", "--filter", f"label=taskdeploy.run_id={run_id}")
-        ]
-        if not left:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"containers of {left} still there after {deadline_s} s")
+    """Waits until the containers of `run_ids` are gone (removed just after each run ends)."""
+    for run_id in run_ids:
+        await containers_gone(run_id, deadline_s)
