@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ from app.adapters.ports import (
     OutputEntry,
     OutputSink,
 )
+from app.adapters.spool import spooled
 from app.adapters.tarstream import BodySink, TarEntry, TarStreamParser
 from app.adapters.wrapper_files import (
     MAX_META_ENTRIES,
@@ -190,8 +190,7 @@ async def collect_outputs(
     takes; past the byte cap (and some slack) the headers are still read for
     LISTING_BUDGET_SECONDS so that what was left out is listed. Then hands the sink every
     taken body. Returns (why the folder could not be read, whether the listing is cut)."""
-    await asyncio.to_thread(tmp_dir.mkdir, parents=True, exist_ok=True)
-    with tempfile.SpooledTemporaryFile(max_size=spool_memory_bytes, dir=str(tmp_dir)) as raw:
+    with spooled(tmp_dir, spool_memory_bytes) as raw:
         spool = _Spool(raw)
         read_limit = limits.output_bytes + OUTPUT_SLACK_BYTES
         listing_ends: float | None = None

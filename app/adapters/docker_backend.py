@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Final
@@ -38,6 +37,7 @@ from app.adapters.ports import (
     OutputSink,
     RuntimeUnavailable,
 )
+from app.adapters.spool import spooled
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +170,7 @@ class DockerBackend:
 
     # ------------------------------------------------------------------ lifecycle
     async def launch(self, spec: AttemptSpec, inputs: list[InputFile]) -> AttemptRef:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.SpooledTemporaryFile(
-            max_size=self.spool_memory_bytes, dir=str(self.tmp_dir)
-        ) as tar:
+        with spooled(self.tmp_dir, self.spool_memory_bytes) as tar:
             await write_workspace(tar, spec.command, inputs)  # type: ignore[arg-type]
             container_id = await self.docker.create_container(container_spec(spec))
             try:

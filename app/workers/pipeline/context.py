@@ -6,16 +6,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import tempfile
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from app.adapters.ports import AttemptRef, ObjectStore, RunBackend
+from app.adapters.spool import spooled
 from app.models import Run, RunEvent, RunState
 from app.repositories import RunRepository
 from app.services.backoff import Backoff
@@ -72,13 +72,8 @@ class PipelineConfig:
     def backoff(self, which: tuple[float, float], give_up_after: float | None = None) -> Backoff:
         return Backoff(which[0], which[1], give_up_after)
 
-    @contextlib.contextmanager
-    def spool(self) -> Iterator[Any]:
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.SpooledTemporaryFile(
-            max_size=self.spool_memory_bytes, dir=str(self.tmp_dir)
-        ) as spool:
-            yield spool
+    def spool(self) -> contextlib.AbstractContextManager[IO[bytes]]:
+        return spooled(self.tmp_dir, self.spool_memory_bytes)
 
 
 @dataclass
