@@ -86,7 +86,12 @@ async def test_fork_bomb_is_held_at_the_pids_limit_and_the_api_stays_responsive(
     # POSIX sh (busybox ash has no `:(){ :|:& };:`). A shell dies when it cannot fork, so the
     # recursive bomb alone burns out within a second once the init reaps it; awk's system()
     # survives failed forks and keeps every free slot filled with sleeps until the time limit.
-    bomb = "awk 'BEGIN { while (1) system(\"sleep 30 &\") }' & f() { f & f & }; f; wait"
+    # The bomb waits until awk has run its first command: a bomb that filled the slots before
+    # awk could fork at all would burn out in a second (seen once in a clean-clone run).
+    bomb = (
+        'awk \'BEGIN { system("touch /tmp/awk-up"); while (1) system("sleep 30 &") }\' & '
+        "until [ -e /tmp/awk-up ]; do :; done; f() { f & f & }; f; wait"
+    )
     body = make_run(f"s3://{bucket}/o", command=bomb, timeout_seconds=10)
     async with httpx.AsyncClient(base_url=service.base_url, timeout=10) as c:
         resp = await c.post("/v1/runs", json=body)
@@ -133,7 +138,9 @@ async def test_fork_bomb_is_held_at_the_pids_limit_and_the_api_stays_responsive(
         assert run["state"] in {"failed", "timed_out"}, run
         if run["state"] == "timed_out":
             assert "time limit" in run["status_reason"]
-        assert polls_while_running >= 5, f"only {polls_while_running} polls while it ran"
+        assert polls_while_running >= 5, (
+            f"only {polls_while_running} polls while it ran: {run}, pids {pids}"
+        )
         assert max(health_s) < 1.0, f"/healthz took up to {max(health_s):.2f} s: {health_s}"
         assert max(run_s) < 1.0, f"GET /v1/runs/{{id}} took up to {max(run_s):.2f} s: {run_s}"
         # The bomb really ran into the limit, and never past it.
