@@ -74,6 +74,7 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.hanging = 0  # hang requests whose connection is still open
+        self.hanging_at: dict[str, int] = {}  # path → hang connections open when it arrived
         self.hung_up = 0  # hang requests the client gave up on
         self.endless_bytes = 0
         self.arrived = threading.Event()
@@ -89,6 +90,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver.lock:
                     receiver.requests.append((self.path, dict(self.headers.items()), body))
+                    receiver.hanging_at[self.path] = receiver.hanging
                 mode = self.path.split("/")[1]
                 if mode == "hang":
                     receiver._hang(self.connection)
@@ -251,13 +253,11 @@ def test_the_operator_webhook_url_is_checked_at_start_up(tmp_path: Path) -> None
 # --------------------------------------------------------------------------- isolation
 @pytest.fixture
 async def shared_notifier(service_factory: Any, pg_database: str, s3_endpoint: str) -> Service:
-    """Six attempts at once, three of one owner's: the shares this test leans on. The time
-    limit leaves room for another owner's three runs to finish while the hung attempts are
-    still on the wire (about 5 s of the 20 s on a busy two-core machine)."""
+    """Six attempts at once, three of one owner's: the shares this test leans on."""
     env = {
         **pg_s3_env(pg_database, s3_endpoint),
         **ALLOWED,
-        "TASKDEPLOY_WEBHOOK_TIMEOUT_SECONDS": "20",
+        "TASKDEPLOY_WEBHOOK_TIMEOUT_SECONDS": "30",
         "TASKDEPLOY_WEBHOOK_MAX_IN_FLIGHT": "6",
         "TASKDEPLOY_WEBHOOK_MAX_IN_FLIGHT_PER_OWNER": "3",
     }
@@ -332,14 +332,10 @@ async def test_one_owners_hostile_receivers_leave_another_owners_events_alone(
             return found if done else []
 
         delivered = await until(alice_delivered, "alice's events delivered")
-        still_hanging = receiver.hanging
-        hang_attempts = [
-            attempt
-            for run_id in hanging
-            for d in await deliveries_of(m, run_id)
-            for attempt in d["attempts"]
-        ]
-        assert still_hanging == 3 and hang_attempts == [], (still_hanging, hang_attempts)
+        # Each of Alice's events arrived while three of Mallory's attempts were on the wire
+        # (when one times out, Mallory's fourth takes its place: her share stays full).
+        arrivals = {n: receiver.hanging_at[f"/ok/{n}"] for n in range(3)}
+        assert arrivals == {0: 3, 1: 3, 2: 3}, arrivals
         assert all([x["status_code"] for x in d["attempts"]] == [200] for d in delivered)
 
         # Mallory's own deliveries: each failure recorded against itself.
@@ -350,7 +346,7 @@ async def test_one_owners_hostile_receivers_leave_another_owners_events_alone(
         for delivery in await until(hangs_timed_out, "mallory's hanging attempts timed out", 60):
             for attempt in delivery["attempts"]:
                 assert attempt["status_code"] is None
-                assert attempt["error"] == "TimeoutError: no complete answer within 20 s"
+                assert attempt["error"] == "TimeoutError: no complete answer within 30 s"
             assert delivery["status"] == "pending"  # retried later, with backoff
 
         async def hung_up() -> bool:
