@@ -109,6 +109,11 @@ class Settings(BaseSettings):
     # Live-log streams open at once in this process (429 beyond): per run, and per owner.
     max_followers_per_run: int = Field(default=10, ge=1)
     max_followers_per_owner: int = Field(default=20, ge=1)
+    # Requests waiting for a run's end (GET /v1/runs/{id}/wait) in this process (429 beyond):
+    # per owner, and in all; runs that end on another replica are seen within the poll.
+    max_waiters_per_owner: int = Field(default=50, ge=1)
+    max_waiters: int = Field(default=1000, ge=1)
+    wait_poll_seconds: float = Field(default=0.5, ge=0.05, le=10)
     max_command_bytes: int = Field(default=64 * 1024, ge=1)
     # Largest request body: a run's env may hold 100 values of 32 KiB.
     max_request_bytes: int = Field(default=4 * MiB, ge=64 * 1024)

@@ -16,6 +16,7 @@ from app.services.followers import LiveLogs
 from app.services.results import RunResults
 from app.services.runs import RunLimits
 from app.services.schedules import FireReport
+from app.services.waiters import RunWaiters
 from app.workers.base import LoopService
 from app.workers.dispatcher import Dispatcher, LeaseKeeper
 from app.workers.janitor import Janitor
@@ -70,6 +71,7 @@ class AppContext:
     run_limits: RunLimits
     results: RunResults
     live_logs: LiveLogs
+    waiters: RunWaiters
     environments: EnvironmentImages
     workers: Workers
     access: AccessPolicy

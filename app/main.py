@@ -36,6 +36,7 @@ from app.services.environments import EnvironmentImages
 from app.services.followers import LiveLogs
 from app.services.results import RunResults
 from app.services.runs import RunLimits
+from app.services.waiters import RUN_WAITERS_INFO, RunWaiters
 from app.startup_checks import check_engine, check_exposure
 from app.workers.dispatcher import Dispatcher, LeaseKeeper
 from app.workers.janitor import Janitor
@@ -214,6 +215,15 @@ def build_context(
     store: ObjectStore,
 ) -> AppContext:
     sessionmaker = create_sessionmaker(engine)
+    waiters = RunWaiters(
+        sessionmaker,
+        max_per_owner=settings.max_waiters_per_owner,
+        max_total=settings.max_waiters,
+        poll_seconds=settings.wait_poll_seconds,
+    )
+    # Every session of this process carries the waiters: a terminal transition committed by
+    # any of them (a run's pipeline, a cancel, the reconciler) wakes its waiters at once.
+    sessionmaker.configure(info={RUN_WAITERS_INFO: waiters})
     environments = environment_images(settings, runtime, sessionmaker)
     workers = build_workers(settings, sessionmaker, runtime, store, environments)
     results = RunResults(store, settings.log_limit_bytes, runtime)
@@ -234,6 +244,7 @@ def build_context(
             max_per_owner=settings.max_followers_per_owner,
             follow_max_seconds=settings.follow_max_seconds,
         ),
+        waiters=waiters,
         environments=environments,
         workers=workers,
         access=access,
@@ -294,6 +305,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         finally:
             lag.cancel()
             await context.workers.stop(settings.shutdown_grace_seconds)
+            await context.waiters.close()
 
 
 def site_policy(settings: Settings) -> SitePolicy:

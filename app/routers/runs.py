@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import codecs
+import contextlib
 import re
-from collections.abc import AsyncIterator
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Literal, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from app.deps import ContextDep, CurrentPrincipal, RunAtRest, RunFromPath, RunServiceDep
@@ -19,6 +21,7 @@ from app.schemas.common import ErrorResponse, Page
 from app.schemas.runs import RunCreate, RunEventOut, RunMetricsOut, RunOut
 from app.schemas.webhooks import WebhookDeliveryOut
 
+T = TypeVar("T")
 router = APIRouter(prefix="/v1/runs", tags=["runs"], responses=ERROR_RESPONSES)
 
 
@@ -68,6 +71,74 @@ async def list_runs(
 async def get_run(run: RunFromPath) -> RunOut:
     """One run with its state, exit code, metrics summary and artifacts."""
     return present_run(run)
+
+
+# Says how a wait ended: `ended` (the body is the run in its terminal state) or `timeout`.
+WAIT_HEADER = "Taskdeploy-Wait"
+
+
+@router.get(
+    "/{run_id}/wait",
+    response_model=RunOut,
+    responses={
+        200: {
+            "description": "The run, as GET /v1/runs/{run_id} shows it: terminal, or as it is "
+            "when the timeout passed (then not terminal)",
+            "headers": {
+                WAIT_HEADER: {
+                    "description": "`ended`: the run is terminal; `timeout`: it was still going",
+                    "schema": {"type": "string", "enum": ["ended", "timeout"]},
+                }
+            },
+        },
+        429: {"model": ErrorResponse, "description": "too many waiters (per owner or in all)"},
+    },
+)
+async def wait_for_run(
+    run: RunAtRest,
+    request: Request,
+    response: Response,
+    context: ContextDep,
+    principal: CurrentPrincipal,
+    timeout: Annotated[
+        float, Query(gt=0, le=60, description="seconds to wait at most (0 < timeout <= 60)")
+    ] = 30,
+) -> RunOut:
+    """Answers as soon as the run is terminal, or when `timeout` seconds have passed with the run
+    as it is then; header `Taskdeploy-Wait` says which (ended | timeout). Holds no database
+    connection while it waits; 429 past the waiter limits."""
+    terminal = RunState(run.state).terminal
+    if not terminal:
+        waited = await unless_disconnected(
+            request, context.waiters.wait(run.id, principal.owner, timeout)
+        )
+        if waited is None:
+            return present_run(run)  # nobody is listening any more
+        run, terminal = waited
+    response.headers[WAIT_HEADER] = "ended" if terminal else "timeout"
+    return present_run(run)
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
+    """`work`'s result, or None as soon as the client disconnects (then `work` is cancelled,
+    which gives back whatever it held): a plain endpoint is not cancelled by a disconnect."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return task.result() if task.done() and not task.cancelled() else None
+
+
+async def _disconnect(request: Request) -> None:
+    # A GET's (empty) body comes first; the next message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get("/{run_id}/events", response_model=Page[RunEventOut])

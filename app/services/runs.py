@@ -31,6 +31,7 @@ from app.services.auth import LOCAL_OWNER
 from app.services.legacy import claim_result_prefix
 from app.services.s3uri import S3Location, parse_s3_uri
 from app.services.transactions import NO_WAKEUPS, Wakeups, after_commit
+from app.services.waiters import announce_end
 from app.services.webhook_targets import DestinationPolicy
 from app.services.webhooks import check_callback_url, enqueue_run_event
 
@@ -136,6 +137,7 @@ async def transition(
     PHASE_DURATION.labels(current.value).observe(max(0.0, (now - entered).total_seconds()))
     if to in TERMINAL_STATES:
         enqueue_run_event(session, refreshed, to)  # the outbox row commits with the change
+        announce_end(session, run_id)  # this process's waiters wake once it has committed
         RUNS_FINISHED.labels(to.value).inc()
         RUN_DURATION.observe(max(0.0, (now - run.created_at).total_seconds()))
     return refreshed
