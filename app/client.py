@@ -108,6 +108,16 @@ class TaskdeployClient:
     def get_run(self, run_id: str) -> JsonObject:
         return self._json("GET", f"/v1/runs/{_segment(run_id)}")
 
+    def wait_run(self, run_id: str, seconds: float) -> JsonObject:
+        """The run once it is terminal, or as it is after `seconds` (at most 60)."""
+        return self._json(
+            "GET",
+            f"/v1/runs/{_segment(run_id)}/wait",
+            params={"timeout": f"{seconds:g}"},
+            # The server answers within `seconds`; the read allows that plus the usual margin.
+            timeout=httpx.Timeout(REQUEST_TIMEOUT_SECONDS, read=seconds + REQUEST_TIMEOUT_SECONDS),
+        )
+
     def list_runs(
         self,
         *,

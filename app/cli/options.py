@@ -11,6 +11,9 @@ T = TypeVar("T")
 
 TERMINAL_STATES = frozenset({"succeeded", "failed", "timed_out", "cancelled", "error"})
 POLL_SECONDS = 0.5
+# One wait request lasts at most this long (the server answers the moment the run ends); each
+# answer also shows the state the run is in by then.
+WAIT_SECONDS = 2.0
 # While following, a restarting or briefly unreachable server is waited for this long.
 RECONNECT_SECONDS = 60.0
 EXIT_API_REFUSED = 2

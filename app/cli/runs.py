@@ -16,6 +16,7 @@ from app.cli.options import (
     POLL_SECONDS,
     RECONNECT_SECONDS,
     TERMINAL_STATES,
+    WAIT_SECONDS,
     CommandArgument,
     CpusOption,
     EnvOption,
@@ -97,19 +98,32 @@ def run_exit_code(run: JsonObject) -> int:
     return code if isinstance(code, int) and 0 < code < 256 else 1
 
 
+def next_look(api: TaskdeployClient, run_id: str) -> JsonObject:
+    """The run at its end, or after WAIT_SECONDS, through the wait endpoint; a server with too
+    many waiters (429) is polled once after POLL_SECONDS instead."""
+    try:
+        return api.wait_run(run_id, WAIT_SECONDS)
+    except ApiError as exc:
+        if exc.status != 429:
+            raise
+    time.sleep(POLL_SECONDS)
+    return api.get_run(run_id)
+
+
 def wait_for_end(api: TaskdeployClient, run: JsonObject, status: Status) -> JsonObject:
     run_id, state = run["id"], run["state"]
     started = time.monotonic()
     unreachable_since: float | None = None
     while state not in TERMINAL_STATES:
-        time.sleep(POLL_SECONDS)
-        elapsed = time.monotonic() - started
         try:
-            run = api.get_run(run_id)
+            run = next_look(api, run_id)
+            elapsed = time.monotonic() - started
             unreachable_since = None
         except ApiError as exc:
             if not exc.unavailable:
                 raise
+            elapsed = time.monotonic() - started
+            time.sleep(POLL_SECONDS)  # a restarting server is asked again shortly
             if unreachable_since is None:
                 unreachable_since = time.monotonic()
                 if not err.is_terminal:
