@@ -66,6 +66,9 @@ class Job:
     cpus: float = 1.0
     memory_mb: int = 128
     timeout_seconds: int = 600
+    # Whether the command writes into $OUTPUT_DIR: the floor then stages the folder and reads
+    # it back (the service always does both; a floor does only what the job needs).
+    writes_outputs: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,25 @@ async def running_service(
             await remove_labelled({"taskdeploy.instance": service.instance_id})
     finally:
         await drop_database(endpoints.database_url, database)
+
+
+DURABILITY_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "wal_sync_method")
+
+
+async def durability(server_url: str) -> dict[str, str]:
+    """The PostgreSQL settings a commit's cost depends on, as the server reports them (SHOW)."""
+    conn = await asyncpg.connect(server_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        return {name: str(await conn.fetchval(f"SHOW {name}")) for name in DURABILITY_SETTINGS}
+    finally:
+        await conn.close()
+
+
+def durability_line(settings: dict[str, str]) -> str:
+    line = "PostgreSQL: " + ", ".join(f"{name}={value}" for name, value in settings.items())
+    if settings.get("fsync") != "on" or settings.get("synchronous_commit") != "on":
+        line += " -- NOT default durability: no figure here stands for a production database"
+    return line
 
 
 async def drop_database(server_url: str, database_url: str) -> None:

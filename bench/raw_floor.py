@@ -1,10 +1,11 @@
 """The raw-Docker floor: a run's work done directly with aiodocker and aioboto3.
 
 No service, no database, no in-container wrapper, none of app/'s code: create the container
-with the service's limits, put_archive the inputs (streamed from S3 into the tar as they
-arrive, no temporary file), start, wait, read stdout and stderr, get_archive the outputs,
-upload them with the logs and a manifest to the same S3 endpoint, remove the container. What
-this takes is the physical limit of the pipeline on this machine.
+with the service's settings (user, capabilities, limits, disk cap, ulimits, tmpfs, log driver,
+network none), start, wait, read stdout and stderr, put them and a manifest into S3, remove the
+container. A job with inputs also has them put_archived first (streamed from S3 into the tar as
+they arrive, no temporary file); a job that writes outputs has them read with get_archive and
+uploaded. What this takes is the least any implementation of the pipeline pays on this machine.
 """
 
 from __future__ import annotations
@@ -23,18 +24,24 @@ from bench.common import BENCH_LABEL, Job, Laps, MiB, Outcome, split_s3_uri
 WORKSPACE = "/workspace"
 JOB_UID = 65534
 CHUNK_BYTES = MiB
-PIDS_LIMIT = 512  # the service's defaults (TASKDEPLOY_PIDS_LIMIT, TASKDEPLOY_TMP_SIZE_MB)
+# The service's defaults (TASKDEPLOY_PIDS_LIMIT, _TMP_SIZE_MB, _DEFAULT_DISK_MB, _NOFILE_LIMIT).
+PIDS_LIMIT = 512
 TMP_SIZE_MB = 256
+DISK_MB = 2048
+NOFILE_LIMIT = 4096
 LOG_MAX_BYTES = MiB
 
 
 def container_config(job: Job, image: str) -> dict[str, Any]:
-    """The container the service would create (app/adapters/docker.py), labelled for the bench.
+    """The container the service creates (app/adapters/docker_json.py, docker_backend.py),
+    labelled for the bench: the workspace in the writable layer under the same disk cap.
 
     The command runs as `sh -c` directly: the service's wrapper (log capture, metrics sampler)
     is part of what the floor leaves out.
     """
     memory = job.memory_mb * MiB
+    disk = DISK_MB * MiB
+    ulimits = {"nofile": NOFILE_LIMIT, "fsize": disk, "core": 0}
     return {
         "Image": image,
         "Entrypoint": [],
@@ -43,10 +50,11 @@ def container_config(job: Job, image: str) -> dict[str, Any]:
         "Labels": {BENCH_LABEL: "1"},
         "User": f"{JOB_UID}:{JOB_UID}",
         "WorkingDir": WORKSPACE,
-        "Volumes": {WORKSPACE: {}},
+        "AttachStdin": False,
         "AttachStdout": False,
         "AttachStderr": False,
         "Tty": False,
+        "OpenStdin": False,
         "HostConfig": {
             "Init": True,
             "CapDrop": ["ALL"],
@@ -56,8 +64,9 @@ def container_config(job: Job, image: str) -> dict[str, Any]:
             "MemorySwap": memory,
             "NanoCpus": int(job.cpus * 1e9),
             "NetworkMode": "none",
-            "ReadonlyRootfs": True,
-            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMP_SIZE_MB}m"},
+            "ReadonlyRootfs": False,
+            "Tmpfs": {"/tmp": f"rw,nosuid,nodev,size={TMP_SIZE_MB}m,mode=1777"},
+            "Ulimits": [{"Name": name, "Soft": v, "Hard": v} for name, v in ulimits.items()],
             "LogConfig": {
                 "Type": "local",
                 "Config": {
@@ -66,6 +75,7 @@ def container_config(job: Job, image: str) -> dict[str, Any]:
                     "compress": "false",
                 },
             },
+            "StorageOpt": {"size": str(disk)},
             "AutoRemove": False,
             "RestartPolicy": {"Name": "no"},
         },
@@ -94,14 +104,14 @@ def _padding(size: int) -> bytes:
 
 
 async def workspace_tar(s3: Any, job: Job) -> AsyncIterator[bytes]:
-    """/workspace as one tar stream: input/ and output/ owned by the job's user, then every
-    input object's bytes straight from its S3 response."""
-    for name in (".", "input", "output"):
-        yield _tar_header(name, directory=True)
+    """/workspace as one tar stream for the root: input/ and output/ owned by the job's user,
+    then every input object's bytes straight from its S3 response."""
+    for name in ("", "/input", "/output"):
+        yield _tar_header(f"workspace{name}", directory=True)
     if job.input:
         bucket, prefix = split_s3_uri(job.input)
         async for key, size in list_objects(s3, bucket, prefix):
-            yield _tar_header(f"input/{key.removeprefix(prefix)}", size=size)
+            yield _tar_header(f"workspace/input/{key.removeprefix(prefix)}", size=size)
             body = (await s3.get_object(Bucket=bucket, Key=key))["Body"]
             async with body:
                 async for chunk in body.iter_chunks(CHUNK_BYTES):
@@ -111,11 +121,9 @@ async def workspace_tar(s3: Any, job: Job) -> AsyncIterator[bytes]:
 
 
 async def harvest(container: Any, s3: Any, job: Job, run_id: str) -> int:
-    """Uploads an exited container's logs, outputs, metrics and manifest; returns its exit code.
-
-    The same objects the service writes under <output><run id>/; metrics.json holds Docker's
-    own start and finish times because the floor runs no sampler.
-    """
+    """Uploads an exited container's logs, its outputs (if the job writes any) and a manifest
+    with Docker's own start and finish times; returns the exit code. The keys are the service's,
+    under <output><run id>/."""
     bucket, prefix = split_s3_uri(job.output)
     base = f"{prefix}{run_id}/"
     artifacts: dict[str, int] = {}
@@ -127,6 +135,24 @@ async def harvest(container: Any, s3: Any, job: Job, run_id: str) -> int:
     for stream in ("stdout", "stderr"):
         lines = await container.log(**{stream: True})
         await put(f"{stream}.log", "".join(lines).encode())
+    if job.writes_outputs:
+        await upload_outputs(container, s3, bucket, base, artifacts)
+    state = (await container.show())["State"]
+    manifest = {
+        "run_id": run_id,
+        "exit_code": state["ExitCode"],
+        "started_at": state["StartedAt"],
+        "finished_at": state["FinishedAt"],
+        "artifacts": artifacts,
+    }
+    await put("run.json", json.dumps(manifest, indent=2).encode())
+    return int(state["ExitCode"])
+
+
+async def upload_outputs(
+    container: Any, s3: Any, bucket: str, base: str, artifacts: dict[str, int]
+) -> None:
+    """Every regular file under /workspace/output, read with one get_archive."""
     outputs = await container.get_archive(f"{WORKSPACE}/output")
     with outputs:
         for member in outputs:
@@ -135,12 +161,6 @@ async def harvest(container: Any, s3: Any, job: Job, run_id: str) -> int:
                 key = f"output/{member.name.partition('/')[2]}"
                 await s3.upload_fileobj(body, bucket, f"{base}{key}")
                 artifacts[key] = member.size
-    state = (await container.show())["State"]
-    times = {"started_at": state["StartedAt"], "finished_at": state["FinishedAt"]}
-    await put("metrics.json", json.dumps({"source": "docker", **times}).encode())
-    manifest = {"run_id": run_id, "exit_code": state["ExitCode"], "artifacts": artifacts}
-    await put("run.json", json.dumps(manifest, indent=2).encode())
-    return int(state["ExitCode"])
 
 
 class RawFloor:
@@ -163,8 +183,9 @@ class RawFloor:
         )
         laps.lap("create")
         try:
-            await container.put_archive(WORKSPACE, workspace_tar(self.s3, job))
-            laps.lap("put_archive")
+            if job.input or job.writes_outputs:
+                await container.put_archive("/", workspace_tar(self.s3, job))
+                laps.lap("put_archive")
             await container.start()
             await container.wait()
             laps.lap("start+wait")

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ from bench.common import (
     Endpoints,
     ScenarioResult,
     docker_client,
+    durability,
+    durability_line,
     format_table,
     remove_labelled,
     s3_client,
@@ -51,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run only this one (repeatable)",
     )
     parser.add_argument("--profile", action="store_true", help="sample every service with py-spy")
+    parser.add_argument(
+        "--trivial-runs", type=int, metavar="N", help="runs of each side in the trivial scenario"
+    )
     return parser.parse_args(argv)
 
 
@@ -106,6 +111,8 @@ def machine() -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> int:
     endpoints = Endpoints.from_env()
     sizes = QUICK if args.quick else FULL
+    if args.trivial_runs:
+        sizes = replace(sizes, trivial_reps=args.trivial_runs)
     names = args.scenario or list(SCENARIOS)
     workdir = Path(tempfile.mkdtemp(prefix="taskdeploy-bench-"))
     profile_dir = None
@@ -116,6 +123,8 @@ async def run(args: argparse.Namespace) -> int:
         profile_dir = RESULTS_DIR / f"profiles-{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
         profile_dir.mkdir(parents=True)
     results: list[ScenarioResult] = []
+    database = await durability(endpoints.database_url)
+    print(durability_line(database), flush=True)
     try:
         async with (
             s3_client(endpoints.s3_endpoint) as s3,
@@ -126,6 +135,7 @@ async def run(args: argparse.Namespace) -> int:
                 print(f"-- {name} ...", flush=True)
                 since = datetime.now().timestamp()
                 result = await run_scenario(bench, name)
+                result.notes.append(durability_line(database))
                 results.append(result)
                 print(format_table(result), flush=True)
                 if profile_dir is not None:
@@ -144,6 +154,7 @@ async def run(args: argparse.Namespace) -> int:
         "quick": args.quick,
         "sizes": asdict(sizes),
         "machine": machine(),
+        "postgres": database,
         "scenarios": [asdict(result) for result in results],
     }
     name = "bench-quick" if args.quick else "bench"

@@ -61,7 +61,7 @@ class Sizes:
 
 FULL = Sizes(
     reps=5,
-    trivial_reps=20,
+    trivial_reps=50,  # p99 of fewer is only the slowest run
     throughput_runs=200,
     api_seconds=30,
     small_files=1000,
@@ -196,6 +196,9 @@ async def trivial(bench: Bench) -> ScenarioResult:
     result.checks = latency_checks("submit->terminal", seconds(served), seconds(floor), (1.25, 1.5))
     result.notes = [
         f"{bench.sizes.trivial_reps} runs each, interleaved, after one warm-up run each; baseline = raw floor",
+        "service: the client's POST -> the client learning the terminal state (GET .../wait); "
+        "floor: create -> start -> wait -> logs -> stdout, stderr, run.json in S3 (the removal "
+        "after it is left out, as the service removes its container after the terminal state)",
         f"service states p50 (s): {phase_summary(served)}",
         f"floor steps p50 (s): {phase_summary(floor)}",
         *failures("service", served),
@@ -284,6 +287,7 @@ async def packages(bench: Bench) -> ScenarioResult:
             input=inputs,
             output=f"s3://{bucket}/jq-out/",
             memory_mb=256,
+            writes_outputs=True,
         )
         async with bench.service() as (_, driver):
             first_s, first_run = await driver.run_to_end(job)
@@ -387,6 +391,7 @@ async def data(bench: Bench) -> ScenarioResult:
             output=f"s3://{bucket}/data-out/",
             memory_mb=1024,
             timeout_seconds=3600,
+            writes_outputs=True,
         )
         growth: list[int] = []
 

@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Job: make sure a PostgreSQL database for the test suite exists (private cluster on 127.0.0.1:55432) and print its asyncpg URL last on stdout.
+# Usage: scripts/ensure-postgres.sh [--durable]
+#        --durable: the benchmarks' cluster on 127.0.0.1:55433 at PostgreSQL's default
+#        durability (fsync=on, synchronous_commit=on), as a production database runs; the
+#        tests' cluster runs with fsync=off, which no benchmark figure may rest on.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname -- "$(readlink -f -- "${BASH_SOURCE[0]}")")/lib.sh"
 
-if [[ -n ${TASKDEPLOY_TEST_DATABASE_URL:-} ]]; then
+durable=0
+if [[ ${1:-} == --durable ]]; then
+    durable=1
+elif [[ -n ${TASKDEPLOY_TEST_DATABASE_URL:-} ]]; then
     log "using TASKDEPLOY_TEST_DATABASE_URL from the environment"
     printf '%s\n' "$TASKDEPLOY_TEST_DATABASE_URL"
     exit 0
@@ -13,6 +20,14 @@ fi
 PG_HOST=127.0.0.1
 PG_PORT=55432
 PG_BASE=/var/tmp/taskdeploy-pg
+SERVER_OPTIONS="-c fsync=off"
+LOCK_NAME=postgres
+if ((durable == 1)); then
+    LOCK_NAME=postgres-durable
+    PG_PORT=55433
+    PG_BASE=/var/tmp/taskdeploy-pg-durable
+    SERVER_OPTIONS="-c fsync=on -c synchronous_commit=on"
+fi
 PGDATA_DIR=$PG_BASE/data
 PG_LOG=$PG_BASE/postgres.log
 DB_USER=taskdeploy
@@ -23,7 +38,7 @@ URL="postgresql+asyncpg://$DB_USER:$DB_PASS@$PG_HOST:$PG_PORT/$DB_NAME"
 # Client settings from the caller's environment must not redirect our commands.
 unset PGHOST PGHOSTADDR PGPORT PGUSER PGPASSWORD PGDATABASE PGSERVICE PGOPTIONS PGDATA
 
-td_lock postgres
+td_lock "$LOCK_NAME"
 
 # Highest installed major version.
 pg_bin() {
@@ -78,7 +93,7 @@ else
 
     log "starting PostgreSQL on $PG_HOST:$PG_PORT (log $PG_LOG)"
     start=$(td_now_us)
-    as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 -o "-c listen_addresses=$PG_HOST -p $PG_PORT -c unix_socket_directories=$PG_BASE -c fsync=off -c max_connections=200" \
+    as_owner "$bin/pg_ctl" -D "$PGDATA_DIR" -l "$PG_LOG" -w -t 60 -o "-c listen_addresses=$PG_HOST -p $PG_PORT -c unix_socket_directories=$PG_BASE $SERVER_OPTIONS -c max_connections=200" \
         start >&2 || {
         tail -n 20 "$PG_LOG" >&2 || true
         die "pg_ctl start failed; see $PG_LOG"
