@@ -169,7 +169,7 @@ async def test_another_owners_run_is_not_found(api: Api) -> None:
     assert api.waiters.waiting == 0
 
 
-@pytest.mark.parametrize("timeout", ["0", "-1", "60.5", "61", "soon", ""])
+@pytest.mark.parametrize("timeout", ["0", "-1", "60.5", "61", "nan", "soon", ""])
 async def test_a_bad_timeout_is_refused_naming_the_field(api: Api, timeout: str) -> None:
     run_id = await api.add_run("alice", S.RUNNING)
     async with api.client("alice") as alice:
