@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     max_waiters_per_owner: int = Field(default=50, ge=1)
     max_waiters: int = Field(default=1000, ge=1)
     wait_poll_seconds: float = Field(default=0.5, ge=0.05, le=10)
+    wait_max_seconds: float = Field(default=60, gt=0, le=60)  # a longer `timeout` is cut to it
     max_command_bytes: int = Field(default=64 * 1024, ge=1)
     # Largest request body: a run's env may hold 100 values of 32 KiB.
     max_request_bytes: int = Field(default=4 * MiB, ge=64 * 1024)

@@ -220,6 +220,7 @@ def build_context(
         max_per_owner=settings.max_waiters_per_owner,
         max_total=settings.max_waiters,
         poll_seconds=settings.wait_poll_seconds,
+        max_seconds=settings.wait_max_seconds,
     )
     # Every session of this process carries the waiters: a terminal transition committed by
     # any of them (a run's pipeline, a cancel, the reconciler) wakes its waiters at once.

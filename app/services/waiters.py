@@ -66,11 +66,13 @@ class RunWaiters:
         max_per_owner: int,
         max_total: int,
         poll_seconds: float = 0.5,
+        max_seconds: float = 60.0,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.max_per_owner = max_per_owner
         self.max_total = max_total
         self.poll_seconds = poll_seconds
+        self.max_seconds = max_seconds
         self._per_owner: Counter[str] = Counter()
         self._watches: dict[str, _Watch] = {}
         self._poller: asyncio.Task[None] | None = None
@@ -92,10 +94,10 @@ class RunWaiters:
             watch.publish()
 
     async def wait(self, run_id: str, owner: str, seconds: float) -> tuple[Run, bool]:
-        """(the run, whether it is terminal) as soon as it is, or as it is after `seconds`.
-        TooManyRequests past the limits; NotFound if the run vanishes meanwhile."""
+        """(the run, whether it is terminal) as soon as it is, or as it is after `seconds` (at
+        most `max_seconds`). TooManyRequests past the limits; NotFound if the run vanishes."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
+        deadline = loop.time() + min(seconds, self.max_seconds)
         with self._admitted(run_id, owner) as watch:
             while True:
                 changed = watch.changed  # taken before the read: no announcement falls between

@@ -26,6 +26,7 @@ async def test_every_operation_survives_fuzzing(
             **pg_s3_env(database, s3_endpoint),
             "TASKDEPLOY_WORKERS_ENABLED": "false",
             "TASKDEPLOY_FOLLOW_MAX_SECONDS": "0.2",  # queued runs never end here
+            "TASKDEPLOY_WAIT_MAX_SECONDS": "0.2",  # nor do their waits
             "TASKDEPLOY_ALLOWED_BUCKETS": "*",  # the fuzzer's key may name any bucket
         }
     )

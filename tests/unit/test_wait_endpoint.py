@@ -159,6 +159,17 @@ async def test_at_the_timeout_the_run_comes_back_as_it_is(api: Api) -> None:
     assert api.waiters.waiting == 0
 
 
+async def test_the_operators_cap_cuts_a_longer_timeout(tmp_path: Path) -> None:
+    api = await make_api(tmp_path, max_seconds=0.1)
+    run_id = await api.add_run("alice", S.RUNNING)
+    async with api.client("alice") as alice:
+        response = await asyncio.wait_for(alice.get(wait_url(run_id, 60)), 30)
+    assert response.headers["Taskdeploy-Wait"] == "timeout"
+    assert response.json()["state"] == "running"
+    await api.waiters.close()
+    await api.world.engine.dispose()
+
+
 async def test_another_owners_run_is_not_found(api: Api) -> None:
     run_id = await api.add_run("alice", S.RUNNING)
     async with api.client("bob") as bob:
