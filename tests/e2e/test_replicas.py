@@ -1,4 +1,4 @@
-"""Three service processes on one PostgreSQL and one Docker engine: 120 runs, each executed
+"""Three service processes on one PostgreSQL and one Docker engine: 60 runs, each executed
 exactly once (container starts counted from the engine's own events), then one replica is
 SIGKILLed with runs in flight and the others finish all of them."""
 
@@ -17,8 +17,8 @@ import pytest
 
 from tests.e2e.harness import Service, create_database, make_run, pg_s3_env
 
-# Twenty times what the three replicas run at once (2 each): enough for claims to race.
-RUNS = 120
+# Ten times what the three replicas run at once (2 each): enough for claims to race.
+RUNS = 60
 FAST_RECOVERY = {
     "TASKDEPLOY_LEASE_SECONDS": "3",
     "TASKDEPLOY_RECONCILE_INTERVAL_SECONDS": "1",
