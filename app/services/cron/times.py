@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 from app.services.cron.spec import MAX_COUNT, CronError, CronSpec, MisfirePolicy
@@ -81,10 +82,17 @@ def due_fire_times(
         if starting_deadline_seconds is None
         else seconds_before(now, starting_deadline_seconds)
     )
-    # Walking back from `now` means a long outage costs only as much as what is kept.
+    # Mostly only the stored fire time is due: one step forward shows it, and gives the next
+    # fire time too. Otherwise walking back from `now` means a long outage costs only as
+    # much as what is kept.
+    following = next(fires_after(spec, next_fire_at), None)
+    newest_first: Iterator[datetime] = iter([next_fire_at.astimezone(UTC)])
+    if following is not None and following <= now:
+        newest_first = due_newest_first(spec, next_fire_at, now)
+        following = next(fires_after(spec, now), None)
     on_time: list[datetime] = []
     missed: list[datetime] = []
-    for fire in due_newest_first(spec, next_fire_at, now):
+    for fire in newest_first:
         if on_time_from is None or fire >= on_time_from:
             on_time.append(fire)
             if len(on_time) == MAX_COUNT:
@@ -99,7 +107,6 @@ def due_fire_times(
             break
     due = on_time + missed
     due.reverse()
-    following = next(fires_after(spec, now), None)
     if following is None:
         raise CronError(f"cron expression {spec.expression!r} has no fire time after {now}")
     return due, following
