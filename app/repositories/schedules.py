@@ -13,10 +13,7 @@ from app.models import (
     Schedule,
     ScheduleFire,
 )
-from app.repositories.paging import (
-    insert_or_ignore,
-    keyset_page,
-)
+from app.repositories.paging import insert_statement, keyset_page
 
 
 class ScheduleRepository:
@@ -66,17 +63,30 @@ class ScheduleRepository:
             value = value.replace(tzinfo=UTC)
         return value
 
-    async def record_skip(self, schedule_id: str, scheduled_for: datetime, reason: str) -> bool:
-        values = {
-            "schedule_id": schedule_id,
-            "scheduled_for": scheduled_for,
-            "outcome": "skipped",
-            "reason": reason,
-            "created_at": utcnow(),
-        }
-        return await insert_or_ignore(
-            self.session, ScheduleFire.__table__, values, ["schedule_id", "scheduled_for"]
+    async def record_skips(self, skips: Sequence[tuple[str, datetime, str]]) -> int:
+        """Records skipped fires (schedule id, fire time, reason) in one statement, ignoring
+        any already recorded; returns how many were new. One statement, not one per fire:
+        thousands of one owner's refused templates must not hold up everyone's tick."""
+        if not skips:
+            return 0
+        now = utcnow()
+        rows = [
+            {
+                "schedule_id": schedule_id,
+                "scheduled_for": scheduled_for,
+                "outcome": "skipped",
+                "reason": reason,
+                "created_at": now,
+            }
+            for schedule_id, scheduled_for, reason in skips
+        ]
+        table = ScheduleFire.__table__
+        statement = (
+            insert_statement(self.session, table)
+            .on_conflict_do_nothing(index_elements=["schedule_id", "scheduled_for"])  # type: ignore[attr-defined]
+            .returning(table.c.schedule_id)
         )
+        return len((await self.session.execute(statement, rows)).all())
 
     async def fires(self, schedule_id: str, limit: int) -> list[ScheduleFire]:
         query = (

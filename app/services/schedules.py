@@ -32,6 +32,7 @@ from app.services.transactions import NO_WAKEUPS, Wakeups, after_commit
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+Skip = tuple[str, datetime, str]  # a skipped fire: schedule id, fire time, reason
 
 
 def cron_spec(cron: str, timezone: str) -> CronSpec:
@@ -200,6 +201,7 @@ class ScheduleService:
         now = self.clock()
         report = FireReport()
         pending: list[tuple[Run, str]] = []
+        skips: list[Skip] = []
         for schedule in await self.repo.claim_due(now, batch):
             assert schedule.next_fire_at is not None
             report.claimed += 1
@@ -215,7 +217,7 @@ class ScheduleService:
             )
             queued_here = False
             for fire_time in fires:
-                run = await self._fire(schedule, fire_time, report, queued_here)
+                run = await self._fire(schedule, fire_time, report, skips, queued_here)
                 if run is not None:
                     if queued_here and schedule.concurrency_policy == ConcurrencyPolicy.REPLACE:
                         pending.pop()  # replaced before it was ever queued
@@ -231,17 +233,23 @@ class ScheduleService:
             [(run.id, RunState.QUEUED, detail) for run, detail in pending if run.id in inserted]
         )
         report.created = [run.id for run, _ in pending if run.id in inserted]
+        report.skipped = await self.repo.record_skips(skips)
         for run, _ in pending:
             if run.id in inserted and run.scheduled_for is not None:
                 SCHEDULER_LATENESS.observe((run.created_at - run.scheduled_for).total_seconds())
         return report
 
     async def _fire(
-        self, schedule: Schedule, fire_time: datetime, report: FireReport, queued_here: bool
+        self,
+        schedule: Schedule,
+        fire_time: datetime,
+        report: FireReport,
+        skips: list[Skip],
+        queued_here: bool,
     ) -> Run | None:
-        """The run for one fire time, or None when its template is refused or the concurrency
-        policy skips it."""
-        run = await self._admit_fire(schedule, fire_time, report)
+        """The run for one fire time, or None (a skip added to `skips`) when its template is
+        refused or the concurrency policy skips it."""
+        run = self._admit_fire(schedule, fire_time, skips)
         if run is None:
             return None  # refused: nothing is cancelled for a run that will not exist
         policy = ConcurrencyPolicy(schedule.concurrency_policy)
@@ -253,8 +261,7 @@ class ScheduleService:
                     if unfinished
                     else "an earlier fire in the same catch-up is still queued"
                 )
-                if await self.repo.record_skip(schedule.id, fire_time, reason):
-                    report.skipped += 1
+                skips.append((schedule.id, fire_time, reason))
                 return None
             for previous in unfinished:
                 if RunState(previous.state) in CANCELLABLE:
@@ -262,9 +269,7 @@ class ScheduleService:
                     report.to_cancel.append(previous.id)
         return run
 
-    async def _admit_fire(
-        self, schedule: Schedule, fire_time: datetime, report: FireReport
-    ) -> Run | None:
+    def _admit_fire(self, schedule: Schedule, fire_time: datetime, skips: list[Skip]) -> Run | None:
         """The fire's run, admitted like POST /v1/runs; a template the operator's limits (or
         the API's rules) now refuse records a skipped fire with the reason, and the schedule
         keeps firing: one schedule must never hold up the others' batch."""
@@ -283,6 +288,5 @@ class ScheduleService:
                 )
             except AppError as exc:
                 reason = f"run refused: {exc.message}"
-        if await self.repo.record_skip(schedule.id, fire_time, reason[:2000]):
-            report.skipped += 1
+        skips.append((schedule.id, fire_time, reason[:2000]))
         return None
