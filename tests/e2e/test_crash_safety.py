@@ -146,6 +146,7 @@ PHASES = ["queued", "preparing-build", "preparing-staging", "running", "finishin
 KILLS = [("postgresql", phase) for phase in PHASES] + [("sqlite", "running")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("setup", "phase"), KILLS, indirect=["setup"])
 async def test_sigkill_in_each_phase_loses_nothing(
     setup: tuple[Callable[..., Service], Callable[[Service], Objects]], phase: str

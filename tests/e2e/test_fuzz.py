@@ -13,9 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.harness import create_database, new_key, pg_s3_env
 
 
+@pytest.mark.slow
 async def test_every_operation_survives_fuzzing(
     service_factory: Any, postgres_url: str, s3_endpoint: str
 ) -> None:

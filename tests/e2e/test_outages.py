@@ -64,6 +64,7 @@ def _sha_of_object(s3: Any, bucket: str, key: str) -> str:
     return digest.hexdigest()
 
 
+@pytest.mark.slow
 async def test_s3_unreachable_while_staging(
     service_factory: Any, pg_database: str, s3_proxy: CuttableProxy, s3_client: Any, bucket: str
 ) -> None:
@@ -90,6 +91,7 @@ async def test_s3_unreachable_while_staging(
     assert logs.text.strip() == hashlib.sha256(payload).hexdigest()
 
 
+@pytest.mark.slow
 async def test_s3_unreachable_while_uploading(
     service_factory: Any, pg_database: str, s3_proxy: CuttableProxy, s3_client: Any, bucket: str
 ) -> None:

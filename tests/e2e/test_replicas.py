@@ -118,6 +118,7 @@ async def _submit(services: list[Service], bodies: list[dict[str, Any]]) -> list
             await client.aclose()
 
 
+@pytest.mark.slow
 async def test_three_replicas_run_each_once_and_survive_losing_one(
     service_factory: Any,
     postgres_url: str,

@@ -179,6 +179,7 @@ async def test_bad_schedule_is_422_naming_the_field(
     assert resp.json()["error"]["field"] == field, resp.json()
 
 
+@pytest.mark.slow
 async def test_three_replicas_fire_each_time_exactly_once(
     service_factory: Any, postgres_url: str, s3_endpoint: str
 ) -> None:

@@ -234,6 +234,7 @@ async def test_bad_callback_urls_are_a_422_naming_the_field(
         assert changed.json()["error"]["field"] == "run.callback_url"
 
 
+@pytest.mark.slow
 def test_the_operator_webhook_url_is_checked_at_start_up(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKDEPLOY_")}
     env["TASKDEPLOY_DATA_DIR"] = str(tmp_path)
@@ -299,6 +300,7 @@ async def delivery_row(database_url: str, event_id: str) -> dict[str, Any]:
     return {**dict(row), "attempts": [dict(a) for a in attempts]}
 
 
+@pytest.mark.slow
 async def test_one_owners_hostile_receivers_leave_another_owners_events_alone(
     shared_notifier: Service, pg_database: str, receiver: Receiver, bucket: str
 ) -> None:
