@@ -13,12 +13,13 @@ from typing import Final
 
 from app.adapters.docker import DockerRuntime
 from app.adapters.docker_archive import collect_outputs, read_file, read_wrapper_files
+from app.adapters.docker_images import WRAPPER
 from app.adapters.docker_types import (
     ContainerSpec,
     ContainerState,
     DiskLimitUnsupported,
 )
-from app.adapters.docker_workspace import ENTRYPOINT, write_workspace
+from app.adapters.docker_workspace import write_inputs
 from app.adapters.ports import (
     JOB_UID,
     META_DIR,
@@ -63,7 +64,9 @@ def container_spec(spec: AttemptSpec) -> ContainerSpec:
         labels[DISK] = str(spec.disk_bytes)
     return ContainerSpec(
         image=spec.image,
-        command=["/bin/sh", ENTRYPOINT],
+        # The command is data in the wrapper's arguments (within MAX_ARG_STRLEN: the service
+        # caps it, see max_command_bytes); the wrapper writes it to META_DIR/command.sh.
+        command=["/bin/sh", WRAPPER, META_DIR, spec.command],
         env=dict(spec.env),
         labels=labels,
         user=f"{JOB_UID}:{JOB_UID}",
@@ -170,8 +173,13 @@ class DockerBackend:
 
     # ------------------------------------------------------------------ lifecycle
     async def launch(self, spec: AttemptSpec, inputs: list[InputFile]) -> AttemptRef:
+        """Creates the container from an environment image (which holds the wrapper and the
+        workspace's folders); only a run with inputs has an archive put into it before start."""
+        if not inputs:
+            container_id = await self.docker.create_container(container_spec(spec))
+            return AttemptRef(spec.run_id, spec.attempt, container_id)
         with spooled(self.tmp_dir, self.spool_memory_bytes) as tar:
-            await write_workspace(tar, spec.command, inputs)  # type: ignore[arg-type]
+            await write_inputs(tar, inputs)  # type: ignore[arg-type]
             container_id = await self.docker.create_container(container_spec(spec))
             try:
                 tar.seek(0)

@@ -1,8 +1,11 @@
 #!/bin/sh
 # In-container wrapper: runs the job's command with capped, byte-exact logs and cgroup metrics.
 #
-# Started as `/bin/sh /workspace/.taskdeploy/entrypoint.sh`; everything it reads and writes lives
-# next to it and the command runs from the folder above (the workspace):
+# Lives in the environment image (root-owned, read-only) and is started as
+#   /bin/sh /opt/taskdeploy/entrypoint.sh META_DIR COMMAND
+# The command arrives as data in the wrapper's second argument (nothing is copied into the
+# container before it starts); the wrapper writes it to META_DIR/command.sh and runs it from the
+# folder above META_DIR (the workspace). Everything it writes lives in META_DIR:
 #   command.sh                   the user's command, run as `/bin/sh command.sh`, stdin /dev/null
 #   stdout.log, stderr.log       the first TASKDEPLOY_LOG_LIMIT bytes of each stream
 #   stdout.total, stderr.total   every byte each stream produced, as one decimal number
@@ -17,8 +20,15 @@
 # would change what the command sees. Redirections that may fail stay on simple commands
 # (`read`, `printf`): POSIX lets a shell exit on a failed redirection of a compound command.
 
-cd "${0%/*}" || exit 125
+if [ "$#" -ne 2 ] || [ -z "$1" ]; then
+    echo "usage: entrypoint.sh META_DIR COMMAND" >&2
+    exit 125
+fi
+cd "$1" || exit 125
 td_dir=$PWD
+# printf is a builtin everywhere: the text is written byte for byte, without a final newline.
+printf '%s' "$2" >"$td_dir/command.sh" || exit 125
+set --
 cd .. || exit 125
 
 # A malformed setting falls back to the default instead of breaking the run.
