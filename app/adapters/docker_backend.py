@@ -18,6 +18,7 @@ from app.adapters.docker_types import (
     ContainerSpec,
     ContainerState,
     DiskLimitUnsupported,
+    PathNotFound,
 )
 from app.adapters.docker_workspace import write_inputs
 from app.adapters.ports import (
@@ -39,6 +40,7 @@ from app.adapters.ports import (
     RuntimeUnavailable,
 )
 from app.adapters.spool import spooled
+from app.adapters.wrapper_files import OUTPUT_EMPTY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -259,12 +261,22 @@ class DockerBackend:
                 waited.cancel()
 
     async def collect(self, ref: AttemptRef, limits: CaptureLimits, sink: OutputSink) -> Collected:
-        if await self.docker.inspect(ref.handle) is None:
-            raise AttemptLost("the container vanished before harvest")
-        found = await read_wrapper_files(self.docker, ref.handle, limits.log_bytes)
-        found.output_problem, found.listing_incomplete = await collect_outputs(
-            self.docker, ref.handle, limits, sink, self.tmp_dir, self.spool_memory_bytes
-        )
+        """The wrapper's folder, then the output folder unless the wrapper found it empty:
+        never `/workspace` whole (the inputs may be large). The engine serves one archive of a
+        container at a time (each mounts it), so the two reads gain nothing from overlapping.
+        No inspect first: a missing container (AttemptLost) is told from a path the job
+        removed (PathNotFound, reported) by the engine's answer itself."""
+        try:
+            found = await read_wrapper_files(self.docker, ref.handle, limits.log_bytes)
+            if OUTPUT_EMPTY_FILE in found.files:
+                return found
+            found.output_problem, found.listing_incomplete = await collect_outputs(
+                self.docker, ref.handle, limits, sink, self.tmp_dir, self.spool_memory_bytes
+            )
+        except PathNotFound:
+            raise
+        except ContainerNotFound as exc:
+            raise AttemptLost("the container vanished before harvest") from exc
         return found
 
     async def read_live(self, handle: str, name: str, capture: Capture, max_bytes: int) -> bool:

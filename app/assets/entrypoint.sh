@@ -9,6 +9,7 @@
 #   command.sh                   the user's command, run as `/bin/sh command.sh`, stdin /dev/null
 #   stdout.log, stderr.log       the first TASKDEPLOY_LOG_LIMIT bytes of each stream
 #   stdout.total, stderr.total   every byte each stream produced, as one decimal number
+#   output.empty                 present when the output folder was empty at the end
 #   metrics.tsv                  `start T CPU_NS`, `s T CPU_NS MEM`, `f T CPU_NS PEAK`, `exit CODE`;
 #                                `start T` and `nocgroup` without cgroup counters (the format is
 #                                described and parsed in app/services/metrics.py)
@@ -289,6 +290,22 @@ for td_stream in stdout stderr; do
     fi
 done
 rm -f "$td_dir/stdout.fifo" "$td_dir/stdout.copy" "$td_dir/stderr.fifo" "$td_dir/stderr.copy"
+
+# output.empty says the output folder was empty when the command ended: the service then skips
+# reading it back (one archive read less). The job can forge the file, but only to hide its own
+# outputs, which deleting them would do as well; anything unusual (no folder, a link, a folder
+# this user cannot list) leaves it out and the folder is read.
+rm -f "$td_dir/output.empty"
+if [ -d output ] && [ ! -L output ] && [ -r output ] && [ -x output ]; then
+    td_empty=1
+    for td_entry in output/* output/.[!.]* output/..?*; do
+        if [ -e "$td_entry" ] || [ -L "$td_entry" ]; then
+            td_empty=0
+            break
+        fi
+    done
+    [ "$td_empty" = 0 ] || printf '' >"$td_dir/output.empty"
+fi
 
 if [ "$td_have_cgroup" = 1 ]; then
     read_clock

@@ -163,3 +163,12 @@ async def test_an_attempt_without_inputs_has_its_folders_and_may_write_them(
     assert found.files["stdout.log"].head == b"0\n"
     assert found.files["stderr.log"].head == b""
     assert sink.got == {"m.txt": b"made\n"}
+
+
+async def test_collecting_a_forgotten_attempt_says_it_is_lost(harness: Harness) -> None:
+    ref = await harness.backend.launch(harness.spec("true"), [])
+    await harness.backend.start(ref)
+    assert await harness.backend.wait(ref, 60) is not None
+    await harness.backend.forget(ref)
+    with pytest.raises(AttemptLost):
+        await harness.backend.collect(ref, LIMITS, KeepAll())

@@ -431,7 +431,7 @@ def test_results_belong_to_the_job_user_and_no_pipes_remain() -> None:
 
     assert job.fifos == []
     assert sorted(name for name in job.files if name.startswith(".taskdeploy/")) == sorted(
-        f".taskdeploy/{name}" for name in ("command.sh", *RESULT_FILES)
+        f".taskdeploy/{name}" for name in ("command.sh", "output.empty", *RESULT_FILES)
     )
     assert job.result("command.sh") == b"echo hi; echo ho >&2"
     assert {name: job.owners[f".taskdeploy/{name}"] for name in RESULT_FILES} == dict.fromkeys(
@@ -456,6 +456,29 @@ def test_the_image_holds_the_wrapper_root_owned_and_read_only(image: str) -> Non
     finally:
         docker("rm", name)
     assert (member.uid, member.gid, member.mode & 0o7777) == (0, 0, 0o555)
+
+
+@pytest.mark.parametrize(
+    ("command", "empty"),
+    [
+        ("true", True),
+        ("mkdir output/sub", False),
+        ("echo x > output/.hidden", False),
+        ("echo x > output/..dots", False),
+        ("ln -s /nowhere output/dangling", False),
+        ("rmdir output && ln -s input output", False),
+        ("rmdir output", False),
+        ("echo x > output/f; chmod 000 output", False),
+        ("touch .taskdeploy/output.empty; echo x > output/f", False),
+    ],
+)
+def test_output_empty_marks_an_empty_output_folder_only(command: str, empty: bool) -> None:
+    job = run_job(BUSYBOX, command)
+
+    assert job.status == 0
+    assert (".taskdeploy/output.empty" in job.files) is empty
+    if empty:
+        assert job.result("output.empty") == b""
 
 
 def test_a_command_of_the_largest_allowed_size_reaches_the_wrapper() -> None:
