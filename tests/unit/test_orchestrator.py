@@ -8,7 +8,6 @@ import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import pytest
 
@@ -64,44 +63,6 @@ async def test_a_run_succeeds_and_leaves_logs_metrics_manifest_and_outputs(w: Wo
     assert manifest["state"] == "succeeded" and manifest["instance_id"] == INSTANCE
     assert [a["key"].rsplit("/", 1)[-1] for a in run.artifacts][:2] == ["stdout.log", "stderr.log"]
     assert w.backend.attempts == {}  # forgotten once settled
-
-
-async def test_the_logs_go_up_together_and_the_manifest_after_the_rest(
-    w: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    stderr_started = asyncio.Event()
-    log: list[str] = []
-    upload = w.store.upload_fileobj
-
-    async def watched(bucket: str, key: str, fileobj: BinaryIO, **kw: Any) -> int:
-        name = key.rsplit("/", 1)[-1]
-        log.append(f"start {name}")
-        if name == "stderr.log":
-            stderr_started.set()
-        if name == "stdout.log":
-            # Held until stderr.log's upload has begun: one after the other would never get there.
-            await asyncio.wait_for(stderr_started.wait(), 10)
-        size = await upload(bucket, key, fileobj, **kw)
-        log.append(f"end {name}")
-        return size
-
-    monkeypatch.setattr(w.store, "upload_fileobj", watched)
-    run_id = await w.add_run()
-    w.backend.script(run_id, stdout=b"out\n", stderr=b"err\n", outputs={"a.txt": b"A"})
-
-    await asyncio.wait_for(w.execute(run_id, None), 10)
-
-    run = await w.run(run_id)
-    assert run.state == S.SUCCEEDED
-    stored = w.stored(run_id)
-    assert (stored["stdout.log"], stored["stderr.log"]) == (b"out\n", b"err\n")
-    *names, last = [a["key"].rsplit("/", 1)[-1] for a in run.artifacts]
-    assert (names, last) == (["stdout.log", "stderr.log", "a.txt", "metrics.json"], "run.json")
-    # run.json lists every other file, so it starts once they have all ended.
-    started_manifest = log.index("start run.json")
-    assert all(log.index(f"end {name}") < started_manifest for name in names)
-    listed = [a["key"].rsplit("/", 1)[-1] for a in json.loads(stored["run.json"])["artifacts"]]
-    assert listed == names
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,6 @@ from app.models import Run
 from app.services.metrics import MetricsReport, parse_metrics_tsv, read_metrics
 from app.services.outputs import OutputPlan, OutputPlanner
 from app.services.runs import log_name, output_name, reserved_output_paths, result_location
-from app.tasks import gather_or_cancel
 from app.workers.pipeline.context import Pipeline
 
 log = logging.getLogger(__name__)
@@ -32,11 +31,7 @@ MAX_KEY_BYTES = 1024  # S3's limit on an object key
 # A log size is shown to API clients as a JSON number: above 2**53 it is not a byte count.
 MAX_PLAUSIBLE_TOTAL = 2**53
 
-LOG_STREAMS = ("stdout", "stderr")
-
 Upload = Callable[[str, BinaryIO, str | None], Awaitable[None]]
-Artifact = dict[str, Any]
-Put = Callable[[str, BinaryIO, str | None], Awaitable[Artifact]]
 
 
 @dataclass
@@ -82,10 +77,10 @@ async def harvest(p: Pipeline, run: Run, ref: AttemptRef) -> Harvest:
     where = result_location(run)
     done = Harvest()
 
-    async def put(rel: str, fileobj: BinaryIO, content_type: str | None = None) -> Artifact:
+    async def upload(rel: str, fileobj: BinaryIO, content_type: str | None = None) -> None:
         key = f"{where.prefix}{rel}"
         size = await p.store.upload_fileobj(where.bucket, key, fileobj, content_type=content_type)
-        return {"key": key, "size": size}
+        done.artifacts.append({"key": key, "size": size})
 
     cfg = p.config
     key_room = MAX_KEY_BYTES - len(f"{where.prefix}output/".encode())
@@ -104,10 +99,12 @@ async def harvest(p: Pipeline, run: Run, ref: AttemptRef) -> Harvest:
         max_key_bytes=key_room,
         reserved=limits.reserved,
     )
-    outputs: list[Artifact] = []
+    outputs: list[dict[str, Any]] = []
 
     async def upload_output(rel: str, fileobj: BinaryIO, content_type: str | None = None) -> None:
-        outputs.append(await put(rel, fileobj, content_type))
+        key = f"{where.prefix}{rel}"
+        size = await p.store.upload_fileobj(where.bucket, key, fileobj, content_type=content_type)
+        outputs.append({"key": key, "size": size})
 
     collected = await p.backend.collect(ref, limits, PlannedSink(planner, run, upload_output))
     done.plan = planner.plan
@@ -116,7 +113,7 @@ async def harvest(p: Pipeline, run: Run, ref: AttemptRef) -> Harvest:
     elif collected.listing_incomplete:
         done.plan.note("the listing of what was left out is incomplete")
     # The logs are listed first, as they always were.
-    await _logs_and_metrics(run, collected, cfg.log_limit_bytes, done, put)
+    await _logs_and_metrics(run, collected, cfg.log_limit_bytes, done, upload)
     done.artifacts.extend(outputs)
     for note in done.notes:
         log.warning("run %s: %s", run.id, note)
@@ -124,46 +121,34 @@ async def harvest(p: Pipeline, run: Run, ref: AttemptRef) -> Harvest:
 
 
 async def _logs_and_metrics(
-    run: Run, found: Collected, log_limit: int, done: Harvest, put: Put
+    run: Run, found: Collected, log_limit: int, done: Harvest, upload: Upload
 ) -> None:
-    """stdout and stderr (at most `log_limit` bytes each, with a truncation marker) uploaded
-    at once, while the metrics are parsed off the event loop; listed stdout, then stderr."""
+    """stdout and stderr (at most `log_limit` bytes each, with a truncation marker), and the
+    metrics parsed off the event loop."""
     done.notes.extend(found.notes)
-    bodies = [(stream, _log_body(stream, found, log_limit, done)) for stream in LOG_STREAMS]
-    uploads = [
-        put(log_name(run, stream), io.BytesIO(body), "text/plain; charset=utf-8")
-        for stream, body in bodies
-    ]
+    for stream in ("stdout", "stderr"):
+        captured = found.files.get(f"{stream}.log")
+        kept = captured.head if captured is not None else b""
+        if captured is not None and captured.size > log_limit:
+            done.notes.append(
+                f"{stream}.log in the container is {captured.size} bytes, over the {log_limit}"
+                f"-byte log cap: kept the first {len(kept)}"
+            )
+        total = _log_total(found.files.get(f"{stream}.total"), captured, stream, done.notes)
+        truncated = total > len(kept)
+        body = kept
+        if truncated:
+            body += (
+                f"\n[taskdeploy: {stream} truncated: kept the first {len(kept)} of {total} bytes]\n"
+            ).encode()
+        await upload(log_name(run, stream), io.BytesIO(body), "text/plain; charset=utf-8")
+        done.logs[stream] = {"bytes": total, "kept_bytes": len(kept), "truncated": truncated}
     metrics = found.files.get(METRICS_FILE)
-    if metrics is None:
-        done.artifacts.extend(await gather_or_cancel(*uploads))
-        return
-    *listed, (done.report, notes) = await gather_or_cancel(
-        *uploads,
-        asyncio.to_thread(
+    if metrics is not None:
+        done.report, notes = await asyncio.to_thread(
             read_metrics, metrics.head, metrics.tail, size=metrics.size, complete=metrics.complete
-        ),
-    )
-    done.artifacts.extend(listed)
-    done.notes.extend(notes)
-
-
-def _log_body(stream: str, found: Collected, log_limit: int, done: Harvest) -> bytes:
-    """The kept bytes of one stream plus, when it was cut, the marker; notes what was cut."""
-    captured = found.files.get(f"{stream}.log")
-    kept = captured.head if captured is not None else b""
-    if captured is not None and captured.size > log_limit:
-        done.notes.append(
-            f"{stream}.log in the container is {captured.size} bytes, over the {log_limit}"
-            f"-byte log cap: kept the first {len(kept)}"
         )
-    total = _log_total(found.files.get(f"{stream}.total"), captured, stream, done.notes)
-    truncated = total > len(kept)
-    done.logs[stream] = {"bytes": total, "kept_bytes": len(kept), "truncated": truncated}
-    if not truncated:
-        return kept
-    marker = f"\n[taskdeploy: {stream} truncated: kept the first {len(kept)} of {total} bytes]\n"
-    return kept + marker.encode()
+        done.notes.extend(notes)
 
 
 def _log_total(raw: Capture | None, log: Capture | None, stream: str, notes: list[str]) -> int:

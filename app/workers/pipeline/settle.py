@@ -17,7 +17,6 @@ from app.models import Run, RunState
 from app.services.manifest import build_manifest
 from app.services.runs import result_location, retry_decision, transition
 from app.services.verdict import Outcome, harvest_notes, verdict
-from app.tasks import gather_or_cancel
 from app.workers.pipeline.context import Pipeline
 from app.workers.pipeline.harvest import Harvest
 
@@ -39,15 +38,13 @@ async def settle(p: Pipeline, run: Run, outcome: Outcome, exit: AttemptExit, don
         done.artifacts.append({"key": key, "size": size})
 
     metrics_doc = {"run_id": run.id, **done.report.to_json()}
-    # The manifest describes metrics.json, so it goes last; the events it lists are read
-    # meanwhile (nothing changes the run's state in between).
-    _, events = await gather_or_cancel(upload("metrics.json", metrics_doc), p.ledger.events(run.id))
+    await upload("metrics.json", metrics_doc)
     manifest = build_manifest(
         run,
         final=final,
         reason=reason,
         exit=exit,
-        events=events,
+        events=await p.ledger.events(run.id),
         now=utcnow(),
         instance_id=p.config.instance_id,
         artifacts=done.artifacts,
