@@ -24,7 +24,8 @@ BUSYBOX = "busybox:latest"
 DEBIAN = "debian:bookworm-slim"
 IMAGES = [BUSYBOX, DEBIAN]
 JOB_UID = 65534
-TEST_LABEL = "taskdeploy.test=entrypoint"
+# Per test process: with xdist another worker's jobs are not this one's leftovers.
+TEST_LABEL = f"taskdeploy.test=entrypoint-{uuid.uuid4().hex[:12]}"
 DEFAULT_LOG_LIMIT = 10 * 1024 * 1024
 DOCKER_DEADLINE_S = 60.0
 RESULT_FILES = ("metrics.tsv", "stdout.log", "stderr.log", "stdout.total", "stderr.total")
