@@ -14,6 +14,8 @@ from app.crosssite import normalize_origin
 from app.services.webhook_targets import DestinationPolicy, parse_callback_url
 
 MiB = 1024 * 1024
+# Linux: the longest single argument execve takes, its NUL included (include/uapi/linux/binfmts.h).
+MAX_ARG_STRLEN = 128 * 1024
 
 
 def _host_memory_bytes() -> int:
@@ -115,7 +117,9 @@ class Settings(BaseSettings):
     max_waiters: int = Field(default=1000, ge=1)
     wait_poll_seconds: float = Field(default=0.5, ge=0.05, le=10)
     wait_max_seconds: float = Field(default=60, gt=0, le=60)  # a longer `timeout` is cut to it
-    max_command_bytes: int = Field(default=64 * 1024, ge=1)
+    # The command reaches the container as one argument of the wrapper, and Linux refuses an
+    # argument of MAX_ARG_STRLEN bytes or more (its terminating NUL included): the cap stays below.
+    max_command_bytes: int = Field(default=64 * 1024, ge=1, lt=MAX_ARG_STRLEN)
     # Largest request body: a run's env may hold 100 values of 32 KiB.
     max_request_bytes: int = Field(default=4 * MiB, ge=64 * 1024)
     max_input_bytes: int = Field(default=10 * 1024 * MiB, ge=1)

@@ -46,6 +46,7 @@ from app.adapters.docker_types import (
     ImageInfo,
     LogStream,
     NetworkInfo,
+    PathNotFound,
     StatsSample,
 )
 from app.adapters.ports import (
@@ -390,7 +391,7 @@ class DockerRuntime(DockerClient):
         # The engine answers 404 both for a missing container and for a missing path.
         if await self.inspect(container_id) is None:
             return ContainerNotFound(f"{action}: no such container")
-        return ContainerNotFound(f"{action}: no such path in the container")
+        return PathNotFound(f"{action}: no such path in the container")
 
     async def events(self, labels: dict[str, str]) -> AsyncIterator[ContainerEvent]:
         """start/die/oom/kill of containers carrying all `labels`, from one request; ends with it.

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 
 from app.adapters.docker import DockerRuntime
+from app.adapters.docker_types import PathNotFound
 from app.adapters.ports import (
     META_DIR,
     OUTPUT_DIR,
     Capture,
     CaptureLimits,
     Collected,
-    ContainerNotFound,
     OutputEntry,
     OutputSink,
 )
@@ -123,8 +123,8 @@ async def read_wrapper_files(docker: DockerRuntime, container_id: str, log_limit
             max_bytes=budget,
             enough=lambda: parser.entries > MAX_META_ENTRIES,
         )
-    except ContainerNotFound:
-        return result  # the job emptied the folder's parent? then there is nothing to read
+    except PathNotFound:
+        return result  # the job removed the folder: there is nothing to read
     if stopped is None:
         return result
     result.notes.append(
@@ -146,7 +146,7 @@ async def read_wrapper_files(docker: DockerRuntime, container_id: str, log_limit
                 again,
                 max_bytes=METRICS_READ_BYTES if name == METRICS_FILE else log_limit + 65536,
             )
-        except ContainerNotFound:
+        except PathNotFound:
             there = False  # the job removed it
         if there:
             result.files[name] = again
@@ -225,7 +225,7 @@ async def collect_outputs(
 
         try:
             stopped = await feed_archive(counted(), parser, max_bytes=2**63, enough=enough)
-        except ContainerNotFound as exc:
+        except PathNotFound as exc:
             return f"output folder could not be read: {exc}", False
         for name, offset, size in spool.taken:
             await sink.receive(name, _window(raw, offset, size), size)

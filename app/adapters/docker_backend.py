@@ -13,12 +13,14 @@ from typing import Final
 
 from app.adapters.docker import DockerRuntime
 from app.adapters.docker_archive import collect_outputs, read_file, read_wrapper_files
+from app.adapters.docker_images import WRAPPER
 from app.adapters.docker_types import (
     ContainerSpec,
     ContainerState,
     DiskLimitUnsupported,
+    PathNotFound,
 )
-from app.adapters.docker_workspace import ENTRYPOINT, write_workspace
+from app.adapters.docker_workspace import write_inputs
 from app.adapters.ports import (
     JOB_UID,
     META_DIR,
@@ -38,6 +40,7 @@ from app.adapters.ports import (
     RuntimeUnavailable,
 )
 from app.adapters.spool import spooled
+from app.adapters.wrapper_files import OUTPUT_EMPTY_FILE
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,9 @@ def container_spec(spec: AttemptSpec) -> ContainerSpec:
         labels[DISK] = str(spec.disk_bytes)
     return ContainerSpec(
         image=spec.image,
-        command=["/bin/sh", ENTRYPOINT],
+        # The command is data in the wrapper's arguments (within MAX_ARG_STRLEN: the service
+        # caps it, see max_command_bytes); the wrapper writes it to META_DIR/command.sh.
+        command=["/bin/sh", WRAPPER, META_DIR, spec.command],
         env=dict(spec.env),
         labels=labels,
         user=f"{JOB_UID}:{JOB_UID}",
@@ -170,8 +175,13 @@ class DockerBackend:
 
     # ------------------------------------------------------------------ lifecycle
     async def launch(self, spec: AttemptSpec, inputs: list[InputFile]) -> AttemptRef:
+        """Creates the container from an environment image (which holds the wrapper and the
+        workspace's folders); only a run with inputs has an archive put into it before start."""
+        if not inputs:
+            container_id = await self.docker.create_container(container_spec(spec))
+            return AttemptRef(spec.run_id, spec.attempt, container_id)
         with spooled(self.tmp_dir, self.spool_memory_bytes) as tar:
-            await write_workspace(tar, spec.command, inputs)  # type: ignore[arg-type]
+            await write_inputs(tar, inputs)  # type: ignore[arg-type]
             container_id = await self.docker.create_container(container_spec(spec))
             try:
                 tar.seek(0)
@@ -251,12 +261,22 @@ class DockerBackend:
                 waited.cancel()
 
     async def collect(self, ref: AttemptRef, limits: CaptureLimits, sink: OutputSink) -> Collected:
-        if await self.docker.inspect(ref.handle) is None:
-            raise AttemptLost("the container vanished before harvest")
-        found = await read_wrapper_files(self.docker, ref.handle, limits.log_bytes)
-        found.output_problem, found.listing_incomplete = await collect_outputs(
-            self.docker, ref.handle, limits, sink, self.tmp_dir, self.spool_memory_bytes
-        )
+        """The wrapper's folder, then the output folder unless the wrapper found it empty:
+        never `/workspace` whole (the inputs may be large). The engine serves one archive of a
+        container at a time (each mounts it), so the two reads gain nothing from overlapping.
+        No inspect first: a missing container (AttemptLost) is told from a path the job
+        removed (PathNotFound, reported) by the engine's answer itself."""
+        try:
+            found = await read_wrapper_files(self.docker, ref.handle, limits.log_bytes)
+            if OUTPUT_EMPTY_FILE in found.files:
+                return found
+            found.output_problem, found.listing_incomplete = await collect_outputs(
+                self.docker, ref.handle, limits, sink, self.tmp_dir, self.spool_memory_bytes
+            )
+        except PathNotFound:
+            raise
+        except ContainerNotFound as exc:
+            raise AttemptLost("the container vanished before harvest") from exc
         return found
 
     async def read_live(self, handle: str, name: str, capture: Capture, max_bytes: int) -> bool:

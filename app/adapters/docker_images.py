@@ -1,5 +1,6 @@
 """The ImageBuilder port on one Docker engine: environment images built from an in-memory tar
-context (a fixed Dockerfile, the installer, the package list), tagged by their key."""
+context (a fixed Dockerfile, the installer, the run wrapper, the package list), tagged by their
+key."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from typing import Final
 
 from app.adapters.docker import DockerRuntime
 from app.adapters.docker_types import ImageInfo
-from app.adapters.ports import BuildLimits, ContainerError, EnvironmentImage
+from app.adapters.ports import JOB_UID, BuildLimits, ContainerError, EnvironmentImage
 
 MANAGED_LABEL: Final = "taskdeploy.managed"
 KIND_LABEL: Final = "taskdeploy.kind"
 KEY_LABEL: Final = "taskdeploy.env_key"
 PACKAGES_LABEL: Final = "taskdeploy.packages"
 TAG_REPOSITORY: Final = "taskdeploy-env"
+# Where Dockerfile.env puts app/assets/entrypoint.sh in every environment image.
+WRAPPER: Final = "/opt/taskdeploy/entrypoint.sh"
 
 
 def asset(name: str) -> bytes:
@@ -24,10 +27,12 @@ def asset(name: str) -> bytes:
 
 
 def build_context(packages: list[str]) -> io.BytesIO:
-    """The build context as an in-memory tar: a fixed Dockerfile, the installer, the list."""
+    """The build context as an in-memory tar: a fixed Dockerfile, the installer, the wrapper,
+    the list."""
     files = {
         "Dockerfile": asset("Dockerfile.env"),
         "install-packages.sh": asset("install-packages.sh"),
+        "entrypoint.sh": asset("entrypoint.sh"),
         "packages.txt": "".join(f"{p}\n" for p in sorted(set(packages))).encode(),
     }
     buffer = io.BytesIO()
@@ -74,7 +79,7 @@ class DockerImages:
             build_context(packages),
             tag=tag_for(key),
             labels=labels,
-            buildargs={"BASE_IMAGE": base_id},
+            buildargs={"BASE_IMAGE": base_id, "JOB_UID": str(JOB_UID)},
             limits=limits,
         )
         info = await self.docker.image_info(tag_for(key))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from app.adapters.ports import BackendMisconfigured
+from app.adapters.ports import BackendMisconfigured, ContainerNotFound
 
 LogStream = Literal["stdout", "stderr"]
 
@@ -57,6 +57,10 @@ class NetworkInfo:
     name: str
     driver: str
     options: dict[str, str]
+
+
+class PathNotFound(ContainerNotFound):
+    """The container is there but the path is not (the engine answers 404 for both)."""
 
 
 class DiskLimitUnsupported(BackendMisconfigured):

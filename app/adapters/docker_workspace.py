@@ -1,19 +1,17 @@
-"""The job's /workspace as the tar archive `put_archive` unpacks: the wrapper, the command, the
-inputs (each copied straight from its source into the spool)."""
+"""A run's inputs as the tar archive `put_archive` unpacks into /workspace/input, each copied
+straight from its source into the spool. The wrapper and the workspace's folders come with the
+environment image, and the command travels in the container's arguments."""
 
 from __future__ import annotations
 
 import posixpath
 import tarfile
 import time
-from importlib import resources
 from typing import BinaryIO, Literal
 
-from app.adapters.ports import JOB_UID, META_DIR, WORKSPACE, InputFile
+from app.adapters.ports import JOB_UID, WORKSPACE, InputFile
 
 JOB_GID = JOB_UID
-META = META_DIR.removeprefix(f"{WORKSPACE}/")
-ENTRYPOINT = f"{META_DIR}/entrypoint.sh"
 TAR_FORMAT: Literal[0, 1, 2] = tarfile.PAX_FORMAT
 BLOCK = tarfile.BLOCKSIZE
 
@@ -77,24 +75,14 @@ class WorkspaceTarWriter:
         self.fileobj.write(b"\0" * (2 * BLOCK))
 
 
-def write_workspace_skeleton(writer: WorkspaceTarWriter, command: str) -> None:
-    """The wrapper, the command as a file, and empty input/ and output/ folders."""
-    entrypoint = resources.files("app.assets").joinpath("entrypoint.sh").read_bytes()
-    writer.add_dir(".")
-    writer.add_bytes(f"{META}/entrypoint.sh", entrypoint, mode=0o555)
-    writer.add_bytes(f"{META}/command.sh", command.encode(), mode=0o444)
-    writer.add_dir("input")
-    writer.add_dir("output")
-
-
 class InputChanged(Exception):
     """An input wrote another number of bytes than it announced."""
 
 
-async def write_workspace(fileobj: BinaryIO, command: str, inputs: list[InputFile]) -> None:
-    """The whole workspace tar: the skeleton, then each input under input/."""
+async def write_inputs(fileobj: BinaryIO, inputs: list[InputFile]) -> None:
+    """The inputs' tar: each input under input/ with the folders above it (never the workspace
+    itself), all owned by the job's user."""
     writer = WorkspaceTarWriter(fileobj)
-    write_workspace_skeleton(writer, command)
     for item in inputs:
         writer.begin_file(f"input/{item.path}", item.size)
         written = await item.copy_to(fileobj)

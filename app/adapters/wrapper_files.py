@@ -10,6 +10,9 @@ LOG_FILES = ("stdout.log", "stderr.log")
 TOTAL_FILES = ("stdout.total", "stderr.total")
 METRICS_FILE = "metrics.tsv"
 WRAPPER_FILES = (*LOG_FILES, *TOTAL_FILES, METRICS_FILE)
+# Present (empty) when the output folder was empty as the command ended: its read is skipped.
+# Only ever taken from the folder's one archive, never looked for file by file.
+OUTPUT_EMPTY_FILE = "output.empty"
 
 # A *.total holds one decimal number: anything longer is not the wrapper's.
 MAX_TOTAL_BYTES = 32
@@ -33,4 +36,6 @@ def capture_for(name: str, size: int, log_limit: int) -> BodyCapture | None:
         return BodyCapture(size, MAX_TOTAL_BYTES)
     if name == METRICS_FILE:
         return BodyCapture(size, METRICS_HEAD_BYTES, METRICS_TAIL_BYTES)
+    if name == OUTPUT_EMPTY_FILE:
+        return BodyCapture(size, 0)
     return None

@@ -1,11 +1,15 @@
 #!/bin/sh
 # In-container wrapper: runs the job's command with capped, byte-exact logs and cgroup metrics.
 #
-# Started as `/bin/sh /workspace/.taskdeploy/entrypoint.sh`; everything it reads and writes lives
-# next to it and the command runs from the folder above (the workspace):
+# Lives in the environment image (root-owned, read-only) and is started as
+#   /bin/sh /opt/taskdeploy/entrypoint.sh META_DIR COMMAND
+# The command arrives as data in the wrapper's second argument (nothing is copied into the
+# container before it starts); the wrapper writes it to META_DIR/command.sh and runs it from the
+# folder above META_DIR (the workspace). Everything it writes lives in META_DIR:
 #   command.sh                   the user's command, run as `/bin/sh command.sh`, stdin /dev/null
 #   stdout.log, stderr.log       the first TASKDEPLOY_LOG_LIMIT bytes of each stream
 #   stdout.total, stderr.total   every byte each stream produced, as one decimal number
+#   output.empty                 present when the output folder was empty at the end
 #   metrics.tsv                  `start T CPU_NS`, `s T CPU_NS MEM`, `f T CPU_NS PEAK`, `exit CODE`;
 #                                `start T` and `nocgroup` without cgroup counters (the format is
 #                                described and parsed in app/services/metrics.py)
@@ -17,8 +21,15 @@
 # would change what the command sees. Redirections that may fail stay on simple commands
 # (`read`, `printf`): POSIX lets a shell exit on a failed redirection of a compound command.
 
-cd "${0%/*}" || exit 125
+if [ "$#" -ne 2 ] || [ -z "$1" ]; then
+    echo "usage: entrypoint.sh META_DIR COMMAND" >&2
+    exit 125
+fi
+cd "$1" || exit 125
 td_dir=$PWD
+# printf is a builtin everywhere: the text is written byte for byte, without a final newline.
+printf '%s' "$2" >"$td_dir/command.sh" || exit 125
+set --
 cd .. || exit 125
 
 # A malformed setting falls back to the default instead of breaking the run.
@@ -279,6 +290,22 @@ for td_stream in stdout stderr; do
     fi
 done
 rm -f "$td_dir/stdout.fifo" "$td_dir/stdout.copy" "$td_dir/stderr.fifo" "$td_dir/stderr.copy"
+
+# output.empty says the output folder was empty when the command ended: the service then skips
+# reading it back (one archive read less). The job can forge the file, but only to hide its own
+# outputs, which deleting them would do as well; anything unusual (no folder, a link, a folder
+# this user cannot list) leaves it out and the folder is read.
+rm -f "$td_dir/output.empty"
+if [ -d output ] && [ ! -L output ] && [ -r output ] && [ -x output ]; then
+    td_empty=1
+    for td_entry in output/* output/.[!.]* output/..?*; do
+        if [ -e "$td_entry" ] || [ -L "$td_entry" ]; then
+            td_empty=0
+            break
+        fi
+    done
+    [ "$td_empty" = 0 ] || printf '' >"$td_dir/output.empty"
+fi
 
 if [ "$td_have_cgroup" = 1 ]; then
     read_clock

@@ -11,7 +11,13 @@ from importlib import resources
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.adapters.ports import BuildLimits, EnvironmentImage, ImageBuilder, ImageBuildFailed
+from app.adapters.ports import (
+    JOB_UID,
+    BuildLimits,
+    EnvironmentImage,
+    ImageBuilder,
+    ImageBuildFailed,
+)
 from app.db import utcnow
 from app.observability import IMAGE_BUILD_SECONDS, IMAGE_CACHE
 from app.repositories import EnvironmentImageRepository, RunRepository
@@ -39,6 +45,21 @@ class EnvironmentImageRef:
 
 def _asset(name: str) -> bytes:
     return resources.files("app.assets").joinpath(name).read_bytes()
+
+
+# What an environment image is made of besides its base and packages: editing any of these (the
+# wrapper included, which lives in the image) retires every cached image.
+TEMPLATE_ASSETS = ("Dockerfile.env", "install-packages.sh", "entrypoint.sh")
+
+
+def versioned_template(version: str) -> str:
+    """The operator's template version plus a digest of the template's own bytes."""
+    digest = hashlib.sha256()
+    for name in TEMPLATE_ASSETS:
+        digest.update(_asset(name))
+        digest.update(b"\0")
+    digest.update(str(JOB_UID).encode())
+    return f"{version}:{digest.hexdigest()[:16]}"
 
 
 def environment_key(base_image_id: str, packages: list[str], template_version: str) -> str:
@@ -69,11 +90,7 @@ class EnvironmentImages:
     ) -> None:
         self.builder = builder
         self.sessionmaker = sessionmaker
-        # The template's own bytes are part of the key: editing it retires every cached image.
-        template_digest = hashlib.sha256(
-            _asset("Dockerfile.env") + b"\0" + _asset("install-packages.sh")
-        ).hexdigest()[:16]
-        self.template_version = f"{template_version}:{template_digest}"
+        self.template_version = versioned_template(template_version)
         self.build_timeout = build_timeout
         self.build_limits = build_limits
         self._builds: dict[str, asyncio.Task[EnvironmentImageRef]] = {}

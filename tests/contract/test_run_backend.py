@@ -144,3 +144,31 @@ async def test_an_ended_attempt_answers_wait_at_once(harness: Harness) -> None:
     again = await harness.backend.wait(ref, 0)  # as after adoption: no time to wait
     assert first is not None and again is not None
     assert first.code == again.code == 7
+
+
+async def test_an_attempt_without_inputs_has_its_folders_and_may_write_them(
+    harness: Harness,
+) -> None:
+    spec = harness.spec(
+        "ls -A input | wc -l; echo made > output/m.txt; echo note > kept.txt",
+        stdout=b"0\n",
+        outputs={"m.txt": b"made\n"},
+    )
+    ref = await harness.backend.launch(spec, [])
+    await harness.backend.start(ref)
+    ended = await harness.backend.wait(ref, 60)
+    assert ended is not None and ended.code == 0
+    sink = KeepAll()
+    found = await harness.backend.collect(ref, LIMITS, sink)
+    assert found.files["stdout.log"].head == b"0\n"
+    assert found.files["stderr.log"].head == b""
+    assert sink.got == {"m.txt": b"made\n"}
+
+
+async def test_collecting_a_forgotten_attempt_says_it_is_lost(harness: Harness) -> None:
+    ref = await harness.backend.launch(harness.spec("true"), [])
+    await harness.backend.start(ref)
+    assert await harness.backend.wait(ref, 60) is not None
+    await harness.backend.forget(ref)
+    with pytest.raises(AttemptLost):
+        await harness.backend.collect(ref, LIMITS, KeepAll())

@@ -18,7 +18,13 @@ import pytest
 import pytest_asyncio
 
 from app.adapters.docker import MANAGED_LABEL, DockerRuntime
-from app.adapters.docker_types import ContainerEvent, ContainerSpec, ContainerState, LogStream
+from app.adapters.docker_types import (
+    ContainerEvent,
+    ContainerSpec,
+    ContainerState,
+    LogStream,
+    PathNotFound,
+)
 from app.adapters.ports import (
     BuildLimits,
     ContainerNotFound,
@@ -458,14 +464,16 @@ async def test_archives_tell_a_missing_path_from_a_missing_container(
 ) -> None:
     container_id = await create(runtime, containers, make_spec())
 
-    with pytest.raises(ContainerNotFound, match="no such path"):
+    with pytest.raises(PathNotFound, match="no such path"):
         await _drain(runtime.stream_archive(container_id, "/workspace/nothing"))
-    with pytest.raises(ContainerNotFound, match="no such container"):
+    with pytest.raises(ContainerNotFound, match="no such container") as gone:
         await _drain(runtime.stream_archive(uuid.uuid4().hex, "/workspace"))
-    with pytest.raises(ContainerNotFound, match="no such path"):
+    assert not isinstance(gone.value, PathNotFound)
+    with pytest.raises(PathNotFound, match="no such path"):
         await runtime.put_archive(container_id, "/nothing", workspace_tar())
-    with pytest.raises(ContainerNotFound, match="no such container"):
+    with pytest.raises(ContainerNotFound, match="no such container") as gone:
         await runtime.put_archive(uuid.uuid4().hex, "/", workspace_tar())
+    assert not isinstance(gone.value, PathNotFound)
 
 
 async def test_events_report_the_labelled_container_dying_with_its_exit_code(

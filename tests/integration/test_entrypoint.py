@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from app.adapters.docker_images import WRAPPER, build_context
+from app.config import MAX_ARG_STRLEN, Settings
 from app.services.metrics import SOURCE_CGROUP, SOURCE_NONE, MetricsReport, parse_metrics_tsv
 
 ENTRYPOINT = Path(__file__).resolve().parents[2] / "app" / "assets" / "entrypoint.sh"
@@ -22,7 +24,8 @@ BUSYBOX = "busybox:latest"
 DEBIAN = "debian:bookworm-slim"
 IMAGES = [BUSYBOX, DEBIAN]
 JOB_UID = 65534
-TEST_LABEL = "taskdeploy.test=entrypoint"
+# Per test process: with xdist another worker's jobs are not this one's leftovers.
+TEST_LABEL = f"taskdeploy.test=entrypoint-{uuid.uuid4().hex[:12]}"
 DEFAULT_LOG_LIMIT = 10 * 1024 * 1024
 DOCKER_DEADLINE_S = 60.0
 RESULT_FILES = ("metrics.tsv", "stdout.log", "stderr.log", "stdout.total", "stderr.total")
@@ -57,8 +60,8 @@ class Job:
         return self.result("metrics.tsv").decode().splitlines()
 
 
-def workspace_tar(command: str, extra: dict[str, bytes] | None = None) -> bytes:
-    """The tar the service puts into /workspace: the folder itself, .taskdeploy/, input/, output/."""
+def extra_tar(extra: dict[str, bytes]) -> bytes:
+    """Files put into /workspace before start, owned by the job's user, as inputs are."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
 
@@ -74,11 +77,7 @@ def workspace_tar(command: str, extra: dict[str, bytes] | None = None) -> bytes:
                 info.mode = 0o755 if name.startswith("bin/") else 0o644
                 tar.addfile(info, io.BytesIO(data))
 
-        for directory in (".", ".taskdeploy", "input", "output"):
-            add(directory, None)
-        add(".taskdeploy/entrypoint.sh", ENTRYPOINT.read_bytes())
-        add(".taskdeploy/command.sh", command.encode())
-        for name, data in sorted((extra or {}).items()):
+        for name, data in sorted(extra.items()):
             parent = name.rpartition("/")[0]
             if parent:
                 add(parent, None)
@@ -124,11 +123,12 @@ def run_job(
         "-v", "/workspace", "-w", "/workspace",
         *(["--init"] if init else []),
         *(arg for key, value in all_env.items() for arg in ("-e", f"{key}={value}")),
-        image, "/bin/sh", "/workspace/.taskdeploy/entrypoint.sh",
+        ENV_IMAGES[image], "/bin/sh", WRAPPER, "/workspace/.taskdeploy", command,
     ]  # fmt: skip
     docker(*create)
     try:
-        docker("cp", "-", f"{name}:/workspace", stdin=workspace_tar(command, extra))
+        if extra:
+            docker("cp", "-", f"{name}:/workspace", stdin=extra_tar(extra))
         started = time.monotonic()
         attached = subprocess.run(
             ["docker", "start", "-a", name], capture_output=True, timeout=deadline, check=False
@@ -151,12 +151,33 @@ def run_job(
         subprocess.run(["docker", "rm", "-v", "-f", name], capture_output=True, timeout=60)
 
 
+def build_environment_image(base: str) -> str:
+    """An environment image of `base` with no packages, from the service's own build context
+    (Dockerfile.env puts the wrapper and the workspace's folders in it)."""
+    tag = f"taskdeploy-test-entrypoint:{uuid.uuid4().hex[:12]}"
+    docker(
+        "build", "-q", "--no-cache", "--label", TEST_LABEL, "-t", tag,
+        "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"JOB_UID={JOB_UID}", "-",
+        stdin=build_context([]).getvalue(), timeout=180,
+    )  # fmt: skip
+    return tag
+
+
+ENV_IMAGES: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _images_present() -> Iterator[None]:
     for image in IMAGES:
         if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
             pytest.fail(f"{image} is missing: run ./scripts/ensure-images.sh", pytrace=False)
-    yield
+    for image in IMAGES:
+        ENV_IMAGES[image] = build_environment_image(image)
+    try:
+        yield
+    finally:
+        subprocess.run(["docker", "rmi", *ENV_IMAGES.values()], capture_output=True, timeout=60)
+        ENV_IMAGES.clear()
     leftovers = docker("ps", "-aq", "--filter", f"label={TEST_LABEL}").split()
     assert leftovers == [], "test containers were left behind"
 
@@ -411,11 +432,68 @@ def test_results_belong_to_the_job_user_and_no_pipes_remain() -> None:
 
     assert job.fifos == []
     assert sorted(name for name in job.files if name.startswith(".taskdeploy/")) == sorted(
-        f".taskdeploy/{name}" for name in ("entrypoint.sh", "command.sh", *RESULT_FILES)
+        f".taskdeploy/{name}" for name in ("command.sh", "output.empty", *RESULT_FILES)
     )
+    assert job.result("command.sh") == b"echo hi; echo ho >&2"
     assert {name: job.owners[f".taskdeploy/{name}"] for name in RESULT_FILES} == dict.fromkeys(
         RESULT_FILES, JOB_UID
     )
+    # The workspace's folders come from the image, the job's own.
+    assert {job.owners[name] for name in ("", "input", "output", ".taskdeploy")} == {JOB_UID}
+
+
+@each_image
+def test_the_image_holds_the_wrapper_root_owned_and_read_only(image: str) -> None:
+    job = run_job(image, f"printf x >> {WRAPPER} || echo refused")
+
+    assert job.result("stdout.log") == b"refused\n"
+    name = f"td-entrypoint-{uuid.uuid4().hex[:12]}"
+    docker("create", "--name", name, "--label", TEST_LABEL, ENV_IMAGES[image], "true")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(docker("cp", f"{name}:{WRAPPER}", "-"))) as tar:
+            member = tar.getmember("entrypoint.sh")
+            body = tar.extractfile(member)
+            assert body is not None and body.read() == ENTRYPOINT.read_bytes()
+    finally:
+        docker("rm", name)
+    assert (member.uid, member.gid, member.mode & 0o7777) == (0, 0, 0o555)
+
+
+@pytest.mark.parametrize(
+    ("command", "empty"),
+    [
+        ("true", True),
+        ("mkdir output/sub", False),
+        ("echo x > output/.hidden", False),
+        ("echo x > output/..dots", False),
+        ("ln -s /nowhere output/dangling", False),
+        ("rmdir output && ln -s input output", False),
+        ("rmdir output", False),
+        ("echo x > output/f; chmod 000 output", False),
+        ("touch .taskdeploy/output.empty; echo x > output/f", False),
+    ],
+)
+def test_output_empty_marks_an_empty_output_folder_only(command: str, empty: bool) -> None:
+    job = run_job(BUSYBOX, command)
+
+    assert job.status == 0
+    assert (".taskdeploy/output.empty" in job.files) is empty
+    if empty:
+        assert job.result("output.empty") == b""
+
+
+def test_a_command_of_the_largest_allowed_size_reaches_the_wrapper() -> None:
+    # The cap on commands stays below MAX_ARG_STRLEN: the longest one still gets through execve.
+    limit = MAX_ARG_STRLEN - 1
+    with pytest.raises(ValueError, match="max_command_bytes"):
+        Settings(max_command_bytes=limit + 1)
+    assert Settings(max_command_bytes=limit).max_command_bytes == limit
+    command = "echo ok #" + "x" * (limit - len("echo ok #"))
+
+    job = run_job(BUSYBOX, command)
+
+    assert len(job.result("command.sh")) == limit
+    assert job.result("stdout.log") == b"ok\n"
 
 
 # --------------------------------------------------------------------------- host shells
@@ -436,8 +514,7 @@ def test_each_shell_runs_it_on_the_host(shell: str, splitter: str, tmp_path: Pat
         pytest.skip(f"{argv[0]} is not installed on this host")
     td = tmp_path / "ws" / ".taskdeploy"
     td.mkdir(parents=True)
-    shutil.copy(ENTRYPOINT, td / "entrypoint.sh")
-    (td / "command.sh").write_text("head -c 300000 /dev/zero; printf 'e\\377' >&2; exit 9\n")
+    command = "head -c 300000 /dev/zero; printf 'e\\377' >&2; exit 9\n"
     for name, data in FAKE_CGROUP_V2.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
@@ -450,7 +527,7 @@ def test_each_shell_runs_it_on_the_host(shell: str, splitter: str, tmp_path: Pat
     }
 
     done = subprocess.run(
-        [*argv, str(td / "entrypoint.sh")],
+        [*argv, str(ENTRYPOINT), str(td), command],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -467,6 +544,20 @@ def test_each_shell_runs_it_on_the_host(shell: str, splitter: str, tmp_path: Pat
     report = parse_metrics_tsv((td / "metrics.tsv").read_text())
     assert report.exit_code == 9
     assert job_lines_cpu(td) == {"1500000000"}
-    assert sorted(p.name for p in td.iterdir()) == sorted(
-        ["entrypoint.sh", "command.sh", *RESULT_FILES]
+    assert (td / "command.sh").read_text() == command
+    assert sorted(p.name for p in td.iterdir()) == sorted(["command.sh", *RESULT_FILES])
+
+
+@pytest.mark.parametrize("shell", sorted(HOST_SHELLS))
+@pytest.mark.parametrize("args", [[], ["/nonexistent-meta-dir", "true"], ["", "true"]])
+def test_a_wrapper_started_wrongly_refuses_with_125(
+    shell: str, args: list[str], tmp_path: Path
+) -> None:
+    argv = HOST_SHELLS[shell]
+    if shutil.which(argv[0]) is None:
+        pytest.skip(f"{argv[0]} is not installed on this host")
+    done = subprocess.run(
+        [*argv, str(ENTRYPOINT), *args], cwd=tmp_path, capture_output=True, timeout=30, check=False
     )
+    assert done.returncode == 125
+    assert list(tmp_path.iterdir()) == []

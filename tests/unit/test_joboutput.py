@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from app.adapters.docker_archive import read_file, read_wrapper_files
-from app.adapters.ports import ContainerNotFound
+from app.adapters.docker_types import PathNotFound
 from app.adapters.wrapper_files import MAX_META_ENTRIES, METRICS_HEAD_BYTES, BodyCapture
 
 MiB = 1024 * 1024
@@ -47,7 +47,7 @@ class FakeRuntime:
 
     async def stream_archive(self, container_id: str, path: str) -> AsyncIterator[bytes]:
         if path not in self.archives:
-            raise ContainerNotFound(f"no {path}")
+            raise PathNotFound(f"no {path}")  # the container is there, the path is not
         data = self.archives[path]
         try:
             for start in range(0, len(data), 256 * 1024):
