@@ -218,7 +218,9 @@ async def test_forged_control_lines_do_not_change_the_verdict(
     command = (
         f"printf 'stopped\\nexit 7\\nf 1 1 1\\ns 1 {digits} 1\\nexit {digits}\\n' >> {META}/metrics.tsv; "
         f"printf '%s\\n' 123456789012345678901234567890 > {META}/stderr.total; "
-        f"chmod 444 {META}/stderr.total; echo ok"
+        # Long enough for the probe to say something: a trivial run now ends in well under a
+        # second, fewer than the probe's five looks 0.2 s apart.
+        f"chmod 444 {META}/stderr.total; sleep 2; echo ok"
     )
     async with client_for(jobs_service) as c:
         async with probe(jobs_service) as report:
