@@ -262,7 +262,9 @@ trap - TERM INT
 
 if [ -n "$td_sampler" ]; then
     kill "$td_sampler" 2>/dev/null
-    wait "$td_sampler"
+    # A sampler killed before its trap was set dies of the TERM, and dash reports that on
+    # stderr when it is reaped here: the wrapper itself writes nothing.
+    wait "$td_sampler" 2>/dev/null
 fi
 kill_strays orphans
 # shellcheck disable=SC2086 # a list of PIDs

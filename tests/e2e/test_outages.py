@@ -44,7 +44,9 @@ async def _outage(client: httpx.AsyncClient, cut: Any, restore: Any) -> datetime
         while time.monotonic() < ends:
             started = time.monotonic()
             assert (await client.get("/healthz")).status_code == 200
-            assert time.monotonic() - started < 1
+            # Not stuck behind the dependency's timeouts (tens of seconds); the tight latency
+            # bounds are asserted by the serial tests, on an otherwise idle host.
+            assert time.monotonic() - started < 5
             await asyncio.sleep(1)
     finally:
         restore()
